@@ -1,0 +1,116 @@
+"""Training throughput of the suite's sentiment model against transformers' BertForSequenceClassification.
+
+Both at d_model 256, 4 layers, 4 heads, FFN 1024, vocabulary 8000, sequence length 128, batch 32, each with its
+library's default settings (the suite: conf/model/small.yaml + conf/task/sentiment.yaml; BERT: BertConfig's
+defaults), timed side by side in one process: forward + backward + fused AdamW step, the two models interleaved
+round by round so that machine noise hits both alike. Prints samples/s, the ratio, and model-FLOPs utilisation
+against the matmul peak measured in the same run.
+
+    python bench/sentiment_speed.py [--steps 12] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.transformer import TransformerConfig  # noqa: E402
+from tasks.sentiment import SequenceClassifier  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+B, T, V = 32, 128, 8000
+
+
+def suite_model() -> torch.nn.Module:
+    model_cfg = OmegaConf.load(ROOT / "conf/model/small.yaml")
+    task_cfg = OmegaConf.load(ROOT / "conf/task/sentiment.yaml").task
+    return SequenceClassifier(TransformerConfig(**model_cfg), V, 2, 0, task_cfg.pooling, task_cfg.label_smoothing)
+
+
+def bert_model() -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=V, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+                     max_position_embeddings=T, num_labels=2)
+    return BertForSequenceClassification(cfg)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = min(timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def make_step(model, kind: str, bf16: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    ids = torch.randint(5, V, (B, T))
+    mask = torch.ones(B, T, dtype=torch.long)
+    labels = torch.randint(0, 2, (B,))
+    model.train()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+        loss = out["loss"] if kind == "suite" else out.loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def train_flops(model_cfg: TransformerConfig) -> float:
+    """Matmul FLOPs of one training step: 6 * weights * tokens + attention's 12 * layers * T * D per token."""
+    D, L = model_cfg.d_model, model_cfg.n_layers
+    weights = L * (4 * D * D + 2 * D * model_cfg.d_ff)
+    return B * T * (6 * weights + 12 * L * T * D)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = {"suite": suite_model(), "bert": bert_model()}
+    params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    print(f"torch {torch.__version__}, {args.threads} threads; batch {B} x seq {T}")
+    print(f"parameters: suite {params['suite']:,}  bert {params['bert']:,}  "
+          f"(difference {abs(params['suite'] / params['bert'] - 1):.1%})")
+    flops = train_flops(TransformerConfig(**OmegaConf.load(ROOT / "conf/model/small.yaml")))
+    for precision, bf16 in (("float32", False), ("bf16 autocast", True)):
+        peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
+        steps = {k: make_step(m, k, bf16) for k, m in models.items()}
+        for fn in steps.values():  # warm-up: allocator, oneDNN kernels
+            fn()
+            fn()
+        times = {k: [] for k in steps}
+        for _ in range(args.steps):  # interleaved rounds
+            for k, fn in steps.items():
+                times[k].append(timed(fn))
+        rate = {k: B / statistics.median(v) for k, v in times.items()}
+        mfu = {k: flops * rate[k] / B / 1e9 / peak for k in rate}
+        print(f"\n{precision}: matmul peak {peak:.0f} GFLOP/s")
+        for k in steps:
+            print(f"  {k:5s} {rate[k]:7.1f} samples/s  ({1000 * statistics.median(times[k]):.0f} ms/step, "
+                  f"MFU {mfu[k]:.0%})")
+        print(f"  speed-up suite / bert: {rate['suite'] / rate['bert']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Subword tokenizers trained on a task's training split with the `tokenizers` library, saved as transformers'."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+           "mask_token": "[MASK]", "bos_token": "[BOS]", "eos_token": "[EOS]"}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiece", lowercase: bool = False,
+                    min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Fit a WordPiece (classification, tagging) or Metaspace-BPE (generation, detokenises exactly) vocabulary.
+
+    Encodings come out as `[CLS] text [SEP]`; generation tasks add [BOS]/[EOS] themselves.
+    """
+    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    specials = list(SPECIAL.values())
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=SPECIAL["unk_token"]))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=specials)
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
+    else:
+        raise ValueError(f"tokenizer kind {kind!r}: choose wordpiece or bpe")
+    tok.normalizer = normalizers.Sequence(norm)
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls, sep = SPECIAL["cls_token"], SPECIAL["sep_token"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B {sep}",
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)

@@ -1,0 +1,382 @@
+"""The shared Transformer of "Attention Is All You Need" (Vaswani et al., 2017), written to be read.
+
+Every task in the suite is stem -> this encoder (and decoder) -> head. Classes go from the leaves up:
+attention -> feed-forward -> positions -> layers -> Encoder / Decoder -> EncoderDecoder.
+
+Shapes:  B batch, S source length, T target length, D model dim, H heads, Dh = D // H head dim.
+Masks:   a padding mask is bool (B, S), True at real tokens; attention masks passed to SDPA are bool and
+         broadcast to (B, H, T, S), True where attention is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class TransformerConfig:
+    """Hyper-parameters of the shared core; `conf/model/*.yaml` maps onto it."""
+
+    d_model: int = 256  # width of every residual stream vector
+    n_heads: int = 4  # attention heads; d_model must divide by it
+    d_ff: int = 1024  # hidden width of the position-wise feed-forward network
+    n_layers: int = 4  # encoder layers
+    n_decoder_layers: int = 4  # decoder layers (only built by tasks that decode)
+    dropout: float = 0.1  # dropout on embeddings and on every sublayer output before the residual add
+    attn_dropout: float = 0.0  # dropout on attention probabilities; >0 forces the slow math kernel on CPU
+    activation: str = "gelu"  # "relu" (the paper) or "gelu"
+    norm_first: bool = True  # pre-norm (stable from scratch) or post-norm (the paper)
+    position: str = "sinusoidal"  # "sinusoidal" (the paper), "learned", "rope" or "none" (the stem adds its own)
+    max_len: int = 1024  # longest sequence the learned / rotary tables cover
+    rope_base: float = 10000.0  # rotary frequency base
+    norm_eps: float = 1e-5  # LayerNorm epsilon
+    bias: bool = True  # biases in linear layers
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"model.position={self.position!r}: choose one of {sorted(POSITIONS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation={self.activation!r}: choose one of {sorted(ACTIVATIONS)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention
+
+
+def reference_attention(q, k, v, mask=None):
+    """softmax(Q K^T / sqrt(d_k)) V, exactly as in the paper; the tests hold the fast path to it."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v  # (B, H, T, Dh)
+
+
+def attend(q, k, v, mask=None, causal=False, dropout=0.0):
+    """Scaled dot-product attention of q (B, H, T, Dh) over k, v (B, H, S, Dh); mask broadcasts to (B, H, T, S).
+
+    PyTorch's fused kernel (`F.scaled_dot_product_attention`) everywhere except bfloat16/float16 on the CPU, where
+    its backward pass is about 3x slower than the same maths as three plain matmuls (bench/attention_cpu.py).
+    """
+    if q.device.type != "cpu" or q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, S)
+    if causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)  # softmax in float32 for accuracy
+    return F.dropout(probs, dropout, training=dropout > 0) @ v  # (B, H, T, Dh)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al., 2021): rotate query/key pairs by an angle proportional to position,
+    so q.k depends only on the distance between the two positions."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)  # (Dh/2,)
+        angles = torch.outer(torch.arange(max_len).float(), inv_freq)  # (L, Dh/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Rotate x (B, H, T, Dh) as if its first position were `offset`."""
+        T = x.size(-2)
+        cos = self.cos[offset : offset + T].to(x.dtype)  # (T, Dh/2)
+        sin = self.sin[offset : offset + T].to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # the two halves of each rotated pair
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class KVCache:
+    """Keys and values of one self-attention layer, preallocated for `max_len` steps so decoding appends in place."""
+
+    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, device, dtype):
+        self.k = torch.empty(batch, heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, Dh) after the cached steps; return all keys and values so far."""
+        T = k.size(2)
+        if self.length + T > self.k.size(2):
+            raise ValueError(f"KV cache holds {self.k.size(2)} steps; cannot append {T} after {self.length}")
+        self.k[:, :, self.length : self.length + T] = k
+        self.v[:, :, self.length : self.length + T] = v
+        self.length += T
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (beam search re-ranks hypotheses every step)."""
+        self.k = self.k.index_select(0, index)
+        self.v = self.v.index_select(0, index)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: Q, K and V are projections of the same sequence (fused into one matmul)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # W^Q, W^K, W^V side by side
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)  # W^O
+        self.attn_dropout = cfg.attn_dropout
+
+    def forward(self, x, mask=None, causal=False, rope=None, cache: KVCache | None = None):
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B,H,T,Dh)
+        offset = cache.length if cache is not None else 0
+        if rope is not None:
+            q, k = rope(q, offset), rope(k, offset)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, offset + T, Dh)
+            if causal and T > 1:  # a prompt of several steps: each sees the cache and its own past
+                mask = torch.ones(T, offset + T, dtype=torch.bool, device=x.device).tril(offset)
+            causal = False  # a single new step may see every cached step
+        dropout = self.attn_dropout if self.training else 0.0
+        y = attend(q, k, v, mask, causal, dropout)  # (B, H, T, Dh)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D): heads concatenated
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from the decoder (queries) to the encoder output (keys and values)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.attn_dropout = cfg.attn_dropout
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project the encoder output once; decoding reuses it at every step."""
+        B, S, D = memory.shape
+        k, v = self.kv(memory).view(B, S, 2, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        return k, v  # 2 x (B, H, S, Dh)
+
+    def forward(self, x, memory_kv, memory_mask=None):
+        B, T, D = x.shape
+        q = self.q(x).view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, Dh)
+        k, v = memory_kv
+        dropout = self.attn_dropout if self.training else 0.0
+        y = attend(q, k, v, memory_mask, dropout=dropout)  # (B, H, T, Dh)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Feed-forward and positions
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = act(x W1 + b1) W2 + b2, applied to every position separately."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x):
+        return self.down(self.act(self.up(x)))
+
+
+def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(pos / 10000^(2i/D)); (length, dim)."""
+    pos = torch.arange(length).float()[:, None]
+    div = torch.exp(torch.arange(0, dim, 2).float() * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div)
+    return table
+
+
+class SinusoidalPositions(nn.Module):
+    """The paper's fixed positional encoding, added to the embeddings."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.register_buffer("table", sinusoidal_table(cfg.max_len, cfg.d_model), persistent=False)
+
+    def forward(self, x, offset: int = 0):
+        return x + self.table[offset : offset + x.size(1)].to(x.dtype)
+
+
+class LearnedPositions(nn.Module):
+    """One trained vector per position (BERT, GPT, ViT)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(cfg.max_len, cfg.d_model) * 0.02)
+
+    def forward(self, x, offset: int = 0):
+        return x + self.table[offset : offset + x.size(1)].to(x.dtype)
+
+
+class NoPositions(nn.Module):
+    """Positions are the stem's business (ViT's 2-D table) or live in attention (rotary)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+
+    def forward(self, x, offset: int = 0):
+        return x
+
+
+POSITIONS = {"sinusoidal": SinusoidalPositions, "learned": LearnedPositions, "rope": NoPositions,
+             "none": NoPositions}
+
+
+def make_rope(cfg: TransformerConfig) -> RotaryEmbedding | None:
+    return RotaryEmbedding(cfg.d_model // cfg.n_heads, cfg.max_len, cfg.rope_base) if cfg.position == "rope" else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers
+
+
+def residual(x, sublayer, norm: nn.LayerNorm, drop: nn.Dropout, norm_first: bool):
+    """Pre-norm: x + Sublayer(LN(x)).  Post-norm (the paper): LN(x + Sublayer(x))."""
+    if norm_first:
+        return x + drop(sublayer(norm(x)))
+    return norm(x + drop(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each wrapped in a residual connection with layer normalisation."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attn, self.ff = SelfAttention(cfg), FeedForward(cfg)
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.norm_first = cfg.norm_first
+
+    def forward(self, x, mask=None, rope=None):
+        x = residual(x, lambda h: self.attn(h, mask=mask, rope=rope), self.norm1, self.drop, self.norm_first)
+        return residual(x, self.ff, self.norm2, self.drop, self.norm_first)
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to the encoder output, feed-forward; each a residual sublayer."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.self_attn, self.cross_attn, self.ff = SelfAttention(cfg), CrossAttention(cfg), FeedForward(cfg)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) for _ in range(3))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.norm_first = cfg.norm_first
+
+    def forward(self, x, memory_kv, memory_mask=None, rope=None, cache: KVCache | None = None):
+        def self_attend(h):
+            return self.self_attn(h, causal=True, rope=rope, cache=cache)
+
+        x = residual(x, self_attend, self.norm1, self.drop, self.norm_first)
+        x = residual(x, lambda h: self.cross_attn(h, memory_kv, memory_mask), self.norm2, self.drop, self.norm_first)
+        return residual(x, self.ff, self.norm3, self.drop, self.norm_first)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stacks
+
+
+def attention_mask(padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, S) True-at-real-tokens -> (B, 1, 1, S), broadcast over heads and queries."""
+    return None if padding_mask is None else padding_mask[:, None, None, :]
+
+
+class Encoder(nn.Module):
+    """Positions, dropout, N encoder layers (and a final LayerNorm when pre-norm). Input: embedded (B, S, D)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.positions = POSITIONS[cfg.position](cfg)
+        self.rope = make_rope(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.drop(self.positions(x))
+        mask = attention_mask(padding_mask)
+        for layer in self.layers:
+            x = layer(x, mask=mask, rope=self.rope)
+        return self.norm(x)  # (B, S, D)
+
+
+class Decoder(nn.Module):
+    """Positions, dropout, N decoder layers attending to an encoder output. Input: embedded targets (B, T, D)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.positions = POSITIONS[cfg.position](cfg)
+        self.rope = make_rope(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
+
+    def memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's cross-attention keys and values of the encoder output, computed once per source."""
+        return [layer.cross_attn.memory_kv(memory) for layer in self.layers]
+
+    def init_cache(self, batch: int, max_len: int, device, dtype) -> list[KVCache]:
+        """Empty per-layer caches for incremental decoding of up to `max_len` target steps."""
+        H = self.cfg.n_heads
+        return [KVCache(batch, H, max_len, self.cfg.d_model // H, device, dtype) for _ in self.layers]
+
+    def forward(self, x, memory=None, memory_padding_mask=None, memory_kv=None, cache: list[KVCache] | None = None):
+        """Decode embedded targets x (B, T, D). With `cache`, x holds only the new steps."""
+        if memory_kv is None:
+            memory_kv = self.memory_kv(memory)
+        offset = cache[0].length if cache is not None else 0
+        x = self.drop(self.positions(x, offset))
+        mask = attention_mask(memory_padding_mask)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory_kv[i], mask, rope=self.rope, cache=None if cache is None else cache[i])
+        return self.norm(x)  # (B, T, D)
+
+
+class EncoderDecoder(nn.Module):
+    """The full Transformer: encode the source once, decode the target attending to it."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
+
+    def forward(self, src, tgt, src_padding_mask=None):
+        memory = self.encoder(src, src_padding_mask)
+        return self.decoder(tgt, memory, src_padding_mask)
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids -> vectors scaled by sqrt(D), as the paper does before adding positions."""
+
+    def __init__(self, vocab_size: int, d_model: int, padding_idx: int | None = None):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx)
+        nn.init.normal_(self.embed.weight, std=d_model**-0.5)
+        self.scale = math.sqrt(d_model)
+
+    def forward(self, ids):
+        return self.embed(ids) * self.scale  # (B, S, D)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Xavier-uniform linear layers (as the reference implementations do), zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,164 @@
+"""The suite's entry point.
+
+    python run.py task=sentiment                          train, evaluate, record in the leaderboard
+    python run.py task=sentiment mode=predict run_dir=DIR text="a gripping, funny film"
+    python run.py mode=leaderboard [leaderboard.format=json]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from core import leaderboard
+from core.task import UserError, device_name, load_task, load_weights
+
+log = logging.getLogger("run")
+PREDICT_KEYS_FROM_SAVED = ("task", "model", "data", "trainer")  # what a saved run fixes; the rest comes from the CLI
+
+
+def suite_run_dir(mode: str, run_dir: str | None, task: str, model: str) -> str:
+    """Where Hydra puts this job: a saved run for predict/resume, a fresh timestamped folder for training."""
+    if mode == "leaderboard":
+        return "outputs"
+    if run_dir:
+        return str(run_dir)
+    if int(os.environ.get("RANK", "0")) > 0:  # DDP: only rank 0 names the run; the others are told its folder
+        return tempfile.gettempdir()
+    return f"outputs/runs/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{task}_{model}"
+
+
+OmegaConf.register_new_resolver("suite_run_dir", suite_run_dir, replace=True)
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal to our progress bar: no per-map bars from datasets, no per-file lines from accelerate."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    for name in ("accelerate", "datasets", "transformers"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train the task, score the best checkpoint on test, save everything in the run folder, record the run."""
+    import torch
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import broadcast_object_list, set_seed
+
+    from core.train import fit, resolve_precision, trainer_config
+
+    cpu = not torch.cuda.is_available()  # Accelerate joins a CPU process group (gloo) only when told it is on CPU
+    state = PartialState(cpu=cpu)  # joins the process group under torchrun / accelerate launch
+    run_dir = Path(broadcast_object_list([HydraConfig.get().runtime.output_dir])[0]).resolve()
+    fresh = not (run_dir / "checkpoints").exists()  # a folder this job created, safe to remove on a setup error
+    try:
+        t = trainer_config(cfg)
+        accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(t.mixed_precision, cpu),
+                                  gradient_accumulation_steps=t.grad_accum, log_with="tensorboard",
+                                  project_dir=str(run_dir))
+        set_seed(t.seed)
+        task = load_task(cfg)
+        with accelerator.main_process_first():
+            task.prepare(run_dir, accelerator.is_main_process)
+    except UserError:
+        if fresh and state.is_main_process and not cfg.run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if accelerator.is_main_process:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(handler)
+    accelerator.init_trackers("tensorboard")
+    log.info("run folder %s (precision %s, %d process(es) on %s)", run_dir, accelerator.mixed_precision,
+             accelerator.num_processes, accelerator.device)
+    try:
+        result = fit(task, t, accelerator, run_dir)
+    finally:
+        accelerator.end_training()
+    if accelerator.is_main_process:
+        row = {"run_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task.name}-{uuid.uuid4().hex[:6]}",
+               "task": cfg.task.name, "dataset": task.dataset_name(), "model": model_variant(cfg),
+               "metrics": result["metrics"], "params": result["params"], "train_seconds": result["train_seconds"],
+               "samples_per_second": result["samples_per_second"], "seed": t.seed, "headline": task.metric,
+               "device": device_name(accelerator.device, accelerator.num_processes),
+               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "run_dir": str(run_dir), "commit": code_version(),
+               "config": OmegaConf.to_container(cfg, resolve=True)}
+        (run_dir / "metrics.json").write_text(OmegaConf.to_yaml(OmegaConf.create(
+            {**{k: v for k, v in row.items() if k != "config"}, "steps": result["steps"],
+             "best_step": result["best_step"], "param_checksums": result["param_checksums"]})))
+        leaderboard.record(Path(cfg.leaderboard.path), row)
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+        print(f"test {metrics}\nrun saved in {run_dir} (leaderboard: {cfg.leaderboard.path}, run_id {row['run_id']})")
+    return result
+
+
+def predict(cfg: DictConfig) -> None:
+    """Reload a saved run and print one line per input."""
+    if not cfg.run_dir:
+        raise UserError("mode=predict needs run_dir=<a saved run folder>")
+    run_dir = Path(cfg.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a saved run (no config.yaml); point run_dir at a folder under outputs/")
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    chosen = [o.split("=", 1)[1] for o in HydraConfig.get().overrides.task if o.startswith("task=")]
+    if chosen and chosen[0] != saved.task.name:
+        raise UserError(f"{run_dir} holds a {saved.task.name} model, not {chosen[0]}: use task={saved.task.name}")
+    merged = OmegaConf.merge(cfg, {k: saved[k] for k in PREDICT_KEYS_FROM_SAVED if k in saved})
+    task = load_task(merged)
+    task.load_assets(run_dir)
+    model = load_weights(task.build_model(), run_dir)
+    for line in task.predict(model, task.read_inputs()):
+        print(line)
+
+
+def model_variant(cfg: DictConfig) -> str:
+    """The model config's name (`small`, `small_rope`, ...): what the leaderboard compares."""
+    return HydraConfig.get().runtime.choices.get("model", "custom") if HydraConfig.initialized() else "custom"
+
+
+def code_version() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    quiet_libraries()
+    try:
+        if cfg.mode == "leaderboard":
+            fmt = cfg.leaderboard.format
+            if fmt not in ("table", "markdown", "json"):
+                raise UserError(f"leaderboard.format={fmt!r}: choose table, markdown or json")
+            print(leaderboard.render(leaderboard.rows(Path(cfg.leaderboard.path)), fmt))
+        elif cfg.mode == "predict":
+            predict(cfg)
+        elif cfg.mode == "train":
+            train(cfg)
+        else:
+            raise UserError(f"mode={cfg.mode!r}: choose train, predict or leaderboard")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep goes on with its other jobs
+            sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

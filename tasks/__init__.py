@@ -1,0 +1,1 @@
+"""One module per task; `run.py task=<name>` imports `tasks.<name>` and uses its `Task` class."""

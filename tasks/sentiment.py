@@ -1,0 +1,155 @@
+"""Sentence classification (SST-2 by default): subword tokens -> shared encoder -> pooling -> linear head."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from datasets import ClassLabel, DatasetDict
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
+
+from core import task as base
+from core.data import drop_empty, load_splits
+from core.tokenizer import train_tokenizer
+from core.transformer import Encoder, TokenEmbedding, TransformerConfig, init_weights
+
+log = logging.getLogger(__name__)
+
+
+class SequenceClassifier(nn.Module):
+    """Token embedding -> the shared encoder -> mean (or [CLS]) pooling -> dropout -> linear classifier."""
+
+    def __init__(self, cfg: TransformerConfig, vocab_size: int, num_labels: int, pad_id: int, pooling: str = "mean",
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        self.embed = TokenEmbedding(vocab_size, cfg.d_model, padding_idx=pad_id)
+        self.encoder = Encoder(cfg)
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.d_model, num_labels))
+        self.pooling, self.label_smoothing = pooling, label_smoothing
+        init_weights(self.encoder)
+
+    def forward(self, input_ids, attention_mask, labels=None) -> dict:
+        mask = attention_mask.bool()  # (B, S) True at real tokens
+        h = self.encoder(self.embed(input_ids), mask)  # (B, S, D)
+        if self.pooling == "cls":
+            pooled = h[:, 0]
+        else:  # mean over real tokens only
+            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, D)
+        logits = self.head(pooled).float()  # (B, num_labels)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return out
+
+
+class Task(base.Task):
+    """Text classification; metrics `accuracy` and `macro_f1` (fractions)."""
+
+    metric = "accuracy"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.tokenizer: PreTrainedTokenizerFast | None = None
+        self.labels: list[str] = []
+        self.data: DatasetDict | None = None
+
+    # -- data --------------------------------------------------------------------------------------------------------
+    def prepare(self, run_dir: Path, is_main: bool) -> None:
+        ds = drop_empty(load_splits(self.cfg.data), "text")
+        if is_main:
+            self.labels = self._label_names(ds)
+            tc = self.cfg.task
+            self.tokenizer = train_tokenizer(ds["train"]["text"], tc.vocab_size, tc.tokenizer, tc.lowercase)
+            self.tokenizer.model_max_length = tc.max_len
+            self.tokenizer.save_pretrained(run_dir)
+            (run_dir / "labels.json").write_text(json.dumps(self.labels))
+        else:
+            self.load_assets(run_dir)
+        self.data = self._encode(ds)
+
+    def _label_names(self, ds: DatasetDict) -> list[str]:
+        """Class names: the data's ClassLabel names, else `task.label_names` for 0..n-1 ids, else sorted values."""
+        feature = ds["train"].features["label"]
+        if isinstance(feature, ClassLabel):
+            return list(feature.names)
+        values = sorted(set(ds["train"]["label"]))
+        if all(isinstance(v, int) for v in values):
+            names = list(self.cfg.task.get("label_names") or [str(i) for i in range(max(values) + 1)])
+            if max(values) >= len(names) or min(values) < 0:
+                raise base.UserError(f"labels {values} do not fit task.label_names={names}")
+            return names
+        return [str(v) for v in values]
+
+    def _encode(self, ds: DatasetDict) -> DatasetDict:
+        index = {name: i for i, name in enumerate(self.labels)}
+
+        def encode(batch):
+            out = self.tokenizer(batch["text"], truncation=True, max_length=self.cfg.task.max_len)
+            out["label"] = []
+            for y in batch["label"]:
+                key = self.labels[y] if isinstance(y, int) and 0 <= y < len(self.labels) else str(y)
+                if key not in index:
+                    raise base.UserError(f"label {y!r} is not one of the training labels {self.labels}")
+                out["label"].append(index[key])
+            return out
+
+        cols = ds["train"].column_names
+        return DatasetDict({s: part.map(encode, batched=True, remove_columns=cols) for s, part in ds.items()})
+
+    def dataloader(self, split: str, train: bool) -> DataLoader | None:
+        if split not in self.data:
+            return None
+        t = self.cfg.trainer
+        batch_size = t.batch_size if train else t.eval_batch_size
+        collate = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
+        return DataLoader(self.data[split].with_format("torch"), batch_size=batch_size, shuffle=train,
+                          collate_fn=collate, num_workers=t.num_workers, drop_last=train)
+
+    # -- model and metrics -------------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        tc = self.cfg.task
+        return SequenceClassifier(self.model_cfg, len(self.tokenizer), len(self.labels), self.tokenizer.pad_token_id,
+                                  tc.pooling, tc.label_smoothing)
+
+    def model_extras(self) -> dict:
+        return {"vocab_size": len(self.tokenizer), "labels": self.labels, "pooling": self.cfg.task.pooling}
+
+    def eval_step(self, model, batch) -> list:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])["logits"]
+        return list(zip(logits.argmax(-1).tolist(), batch["labels"].tolist()))
+
+    def compute_metrics(self, records: list) -> dict[str, float]:
+        preds, gold = zip(*records)
+        return {"accuracy": sum(p == g for p, g in records) / len(records),
+                "macro_f1": float(f1_score(gold, preds, average="macro", labels=list(range(len(self.labels)))))}
+
+    # -- prediction --------------------------------------------------------------------------------------------------
+    def load_assets(self, run_dir: Path) -> None:
+        try:
+            self.tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir)
+            self.labels = json.loads((run_dir / "labels.json").read_text())
+        except (OSError, ValueError) as e:
+            raise base.UserError(f"{run_dir} lacks a readable tokenizer or labels.json ({e})") from None
+
+    @torch.no_grad()
+    def predict(self, model, inputs: list[str]) -> list[str]:
+        """`label<TAB>probability<TAB>text` per input; an empty input gets an empty label."""
+        lines = []
+        for start in range(0, len(inputs), 64):
+            chunk = inputs[start : start + 64]
+            enc = self.tokenizer(chunk, truncation=True, max_length=self.cfg.task.max_len, padding=True,
+                                 return_tensors="pt")
+            probs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])["logits"].softmax(-1)
+            for text, p in zip(chunk, probs):
+                if not text.strip():
+                    lines.append("\t\t(empty input)")
+                    continue
+                conf, i = p.max(-1)
+                lines.append(f"{self.labels[i]}\t{conf:.3f}\t{text}")
+        return lines

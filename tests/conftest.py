@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny dataset with the schema of each real one, so tests never need ../shared."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+POSITIVE = "good great fun moving brilliant charming funny gripping lovely superb".split()
+NEGATIVE = "bad awful dull boring tedious weak clumsy bland messy lifeless".split()
+FILLER = "the film movie story plot was is a an and this it quite very".split()
+
+
+def sentence(rng: random.Random, label: int) -> str:
+    words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label else NEGATIVE, 2)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_sst2(root: Path, sizes=(160, 40, 40), seed: int = 0) -> Path:
+    """<root>/sst2/{train,validation,test}.jsonl with SST-2's fields {id, text, label}."""
+    rng = random.Random(seed)
+    folder = root / "sst2"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in zip(("train", "validation", "test"), sizes):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                label = i % 2
+                f.write(json.dumps({"id": i, "text": sentence(rng, label), "label": label}) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_sst2(root)
+    return root
+
+
+def run_suite(*args: str, cwd: Path, env: dict | None = None, launcher: list[str] | None = None,
+              timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` as a user types it, from `cwd` (so outputs/ lands there)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "SUITE_DATA": "", **(env or {})}
+    cmd = (launcher or [sys.executable]) + [str(ROOT / "run.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,165 @@
+"""`python run.py ...` end to end on a tiny SST-2-shaped dataset, as a user would run it."""
+
+import json
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_suite, write_sst2
+
+TINY = ["task=sentiment", "model=tiny", "task.vocab_size=200", "trainer.batch_size=16", "trainer.lr=1e-3",
+        "trainer.warmup_steps=10", "trainer.max_minutes=0", "trainer.log_every=5"]
+
+
+def runs_in(workdir: Path) -> list[Path]:
+    return sorted((workdir / "outputs" / "runs").glob("*")) if (workdir / "outputs" / "runs").exists() else []
+
+
+def leaderboard_json(workdir: Path) -> list[dict]:
+    out = run_suite("mode=leaderboard", "leaderboard.format=json", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """One tiny training run shared by the tests that read its results."""
+    workdir = tmp_path_factory.mktemp("work")
+    out = run_suite(*TINY, "trainer.max_steps=60", "trainer.eval_every=20", f"data.root={data_root}", cwd=workdir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = runs_in(workdir)
+    return workdir, run_dir, out
+
+
+def test_training_saves_a_complete_run(trained):
+    _, run_dir, out = trained
+    for name in ("config.yaml", "config.json", "model.safetensors", "tokenizer.json", "labels.json", "metrics.json",
+                 "history.jsonl", "train.log"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "checkpoints" / "last").is_dir()
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "test accuracy" in out.stdout and str(run_dir) in out.stdout
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [20, 40, 60]
+
+
+def test_tiny_model_learns_the_task(trained):
+    _, run_dir, _ = trained
+    metrics = yaml.safe_load((run_dir / "metrics.json").read_text())["metrics"]
+    assert metrics["accuracy"] >= 0.9, metrics  # the synthetic sentences carry two sentiment words each
+
+
+def test_leaderboard_json_has_the_stable_keys(trained):
+    workdir, run_dir, _ = trained
+    (row,) = leaderboard_json(workdir)
+    for key in ("run_id", "task", "dataset", "model", "metrics", "params", "train_seconds", "samples_per_second",
+                "device", "seed"):
+        assert key in row, key
+    saved = yaml.safe_load((run_dir / "metrics.json").read_text())
+    assert row["task"] == "sentiment" and row["model"] == "tiny" and row["dataset"] == "sst2"
+    assert row["metrics"] == saved["metrics"] and set(row["metrics"]) == {"accuracy", "macro_f1"}
+    assert row["params"] > 0 and row["samples_per_second"] > 0 and row["seed"] == 0
+    table = run_suite("mode=leaderboard", cwd=workdir)
+    assert row["run_id"] in table.stdout and "accuracy=" in table.stdout
+    assert row["run_id"] in (workdir / "outputs" / "leaderboard.md").read_text()
+
+
+def test_predict_text_and_file(trained, tmp_path):
+    workdir, run_dir, _ = trained
+    out = run_suite("mode=predict", f"run_dir={run_dir}", "text=a great and charming film", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    label, prob, text = out.stdout.strip().split("\t")
+    assert label == "positive" and 0.5 <= float(prob) <= 1.0 and text == "a great and charming film"
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("a dull and boring story\n\nthe movie was lovely\n")
+    out = run_suite("mode=predict", f"run_dir={run_dir}", f"input={inputs}", cwd=workdir)
+    lines = out.stdout.rstrip("\n").split("\n")
+    assert len(lines) == 3 and lines[0].startswith("negative") and "(empty input)" in lines[1]
+    assert lines[2].startswith("positive")
+
+
+def test_predict_refuses_corrupt_or_foreign_runs(trained, tmp_path):
+    workdir, run_dir, _ = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes()[:1000])
+    out = run_suite("mode=predict", f"run_dir={broken}", "text=fine", cwd=workdir)
+    assert out.returncode == 2 and "corrupt" in out.stderr
+    assert (run_dir / "model.safetensors").stat().st_size > 1000  # the original is untouched
+    out = run_suite("mode=predict", "run_dir=/nonexistent/run", "text=fine", cwd=workdir)
+    assert out.returncode == 2 and "not a saved run" in out.stderr
+
+
+def test_resume_continues_from_the_last_checkpoint(data_root, tmp_path):
+    first = run_suite(*TINY, "trainer.max_steps=20", "trainer.eval_every=10", f"data.root={data_root}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run_dir,) = runs_in(tmp_path)
+    second = run_suite(*TINY, "trainer.max_steps=30", "trainer.eval_every=10", "trainer.resume=true",
+                       f"run_dir={run_dir}", f"data.root={data_root}", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed from" in second.stdout + second.stderr and "at step 20" in second.stdout + second.stderr
+    steps = [json.loads(line)["step"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30]
+    assert len(runs_in(tmp_path)) == 1 and len(leaderboard_json(tmp_path)) == 2
+
+
+def test_time_budget_stops_training_and_still_records(data_root, tmp_path):
+    out = run_suite(*TINY, "trainer.max_steps=100000", "trainer.max_minutes=0.003", f"data.root={data_root}",
+                    cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = leaderboard_json(tmp_path)
+    assert row["train_seconds"] < 30 and "accuracy" in row["metrics"]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.lr=fast", "trainer.lr"),
+    ("model.n_heads=3", "divisible"),
+    ("trainer.mixed_precision=fp8", "mixed_precision"),
+    ("data.root=/nowhere", "/nowhere/sst2 not found"),
+])
+def test_bad_input_is_one_clear_line_and_leaves_nothing(data_root, tmp_path, override, expected):
+    args = [a for a in TINY if not a.startswith(override.split("=")[0] + "=")]
+    out = run_suite(*args, f"data.root={data_root}", override, cwd=tmp_path)
+    assert out.returncode == 2
+    assert expected in out.stderr and "Traceback" not in out.stderr
+    assert runs_in(tmp_path) == [] and not (tmp_path / "outputs" / "leaderboard.db").exists()
+
+
+def test_unknown_task_lists_the_tasks(tmp_path):
+    out = run_suite("task=sentimnt", cwd=tmp_path)
+    assert out.returncode != 0 and "sentiment" in out.stderr and "sentimnt" in out.stderr
+
+
+def test_empty_rows_are_skipped_and_counted(tmp_path):
+    folder = write_sst2(tmp_path / "data")
+    with open(folder / "train.jsonl", "a") as f:
+        f.write(json.dumps({"id": 998, "text": "", "label": 0}) + "\n")
+        f.write(json.dumps({"id": 999, "text": "   ", "label": 1}) + "\n")
+    out = run_suite(*TINY, "trainer.max_steps=2", f"data.root={tmp_path / 'data'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "skipped 2 train rows with empty text" in out.stdout + out.stderr
+
+
+def test_print_config_and_multirun(data_root, tmp_path):
+    out = run_suite("task=sentiment", "model=tiny", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0 and "d_model: 128" in out.stdout and "max_minutes: 15" in out.stdout
+    out = run_suite("-m", *TINY, "trainer.max_steps=2", "trainer.seed=0,1", f"data.root={data_root}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sorted(r["seed"] for r in leaderboard_json(tmp_path)) == [0, 1]
+
+
+def test_two_processes_make_one_run_and_agree(data_root, tmp_path):
+    """torchrun with 2 processes (DDP over gloo): one run folder, one leaderboard row, identical weights."""
+    out = run_suite(*TINY, "trainer.max_steps=6", "trainer.eval_every=3", f"data.root={data_root}", cwd=tmp_path,
+                    launcher=[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = runs_in(tmp_path)
+    saved = yaml.safe_load((run_dir / "metrics.json").read_text())
+    assert len(saved["param_checksums"]) == 2 and len(set(saved["param_checksums"])) == 1
+    assert "x2" in saved["device"]
+    db = sqlite3.connect(tmp_path / "outputs" / "leaderboard.db")
+    assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
