@@ -30,8 +30,8 @@ PREDICT_KEYS_FROM_SAVED = ("task", "model", "data", "trainer")  # what a saved r
 
 
 def suite_run_dir(mode: str, run_dir: str | None, task: str, model: str) -> str:
-    """Where Hydra puts this job: a saved run for predict/resume, a fresh timestamped folder for training."""
-    if mode == "leaderboard":
+    """Where Hydra puts this job: a fresh timestamped folder for training, the given run to resume it."""
+    if mode != "train":  # predict and leaderboard write nothing: Hydra must not create a folder at run_dir
         return "outputs"
     if run_dir:
         return str(run_dir)

@@ -48,6 +48,22 @@ class SequenceClassifier(nn.Module):
         return out
 
 
+class TokenDropout:
+    """Collate, then replace each real token by [UNK] with probability p: word dropout, a regulariser for small
+    text sets trained from scratch (the model cannot lean on any single word)."""
+
+    def __init__(self, collate, p: float, tokenizer: PreTrainedTokenizerFast):
+        self.collate, self.p = collate, p
+        self.unk, self.specials = tokenizer.unk_token_id, torch.tensor(tokenizer.all_special_ids)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.collate(rows)
+        ids = batch["input_ids"]
+        drop = (torch.rand(ids.shape) < self.p) & ~torch.isin(ids, self.specials)
+        batch["input_ids"] = ids.masked_fill(drop, self.unk)
+        return batch
+
+
 class Task(base.Task):
     """Text classification; metrics `accuracy` and `macro_f1` (fractions)."""
 
@@ -108,6 +124,8 @@ class Task(base.Task):
         t = self.cfg.trainer
         batch_size = t.batch_size if train else t.eval_batch_size
         collate = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
+        if train and self.cfg.task.token_dropout > 0:
+            collate = TokenDropout(collate, self.cfg.task.token_dropout, self.tokenizer)
         return DataLoader(self.data[split].with_format("torch"), batch_size=batch_size, shuffle=train,
                           collate_fn=collate, num_workers=t.num_workers, drop_last=train)
 

@@ -90,8 +90,8 @@ def test_predict_refuses_corrupt_or_foreign_runs(trained, tmp_path):
     out = run_suite("mode=predict", f"run_dir={broken}", "text=fine", cwd=workdir)
     assert out.returncode == 2 and "corrupt" in out.stderr
     assert (run_dir / "model.safetensors").stat().st_size > 1000  # the original is untouched
-    out = run_suite("mode=predict", "run_dir=/nonexistent/run", "text=fine", cwd=workdir)
-    assert out.returncode == 2 and "not a saved run" in out.stderr
+    out = run_suite("mode=predict", f"run_dir={tmp_path / 'no_run'}", "text=fine", cwd=workdir)
+    assert out.returncode == 2 and "not a saved run" in out.stderr and not (tmp_path / "no_run").exists()
 
 
 def test_resume_continues_from_the_last_checkpoint(data_root, tmp_path):

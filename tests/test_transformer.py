@@ -146,3 +146,25 @@ def test_config_rejects_bad_values():
         TransformerConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="position"):
         TransformerConfig(position="alibi")
+
+
+def test_decoder_ignores_padded_memory():
+    torch.manual_seed(0)
+    dec = Decoder(cfg()).eval()
+    tgt, memory = torch.randn(1, 3, 32), torch.randn(1, 4, 32)
+    padded = torch.cat([memory, torch.randn(1, 2, 32) * 100], 1)
+    mask = torch.tensor([[True] * 4 + [False] * 2])
+    torch.testing.assert_close(dec(tgt, padded, mask), dec(tgt, memory), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_norm_placement(norm_first):
+    """Post-norm (the paper) ends every sublayer with LayerNorm; pre-norm leaves the residual stream unnormalised."""
+    from core.transformer import EncoderLayer
+
+    torch.manual_seed(0)
+    layer = EncoderLayer(cfg(norm_first=norm_first)).eval()
+    y = layer(torch.randn(2, 5, 32) * 3 + 1)
+    normalised = torch.allclose(y.mean(-1), torch.zeros(2, 5), atol=1e-5) and \
+        torch.allclose(y.var(-1, unbiased=False), torch.ones(2, 5), atol=1e-3)
+    assert normalised == (not norm_first)

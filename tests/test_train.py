@@ -1,0 +1,145 @@
+"""The training loop, saved models and the leaderboard, in process (no subprocess start-up)."""
+
+import json
+import multiprocessing as mp
+
+import pytest
+import torch
+from accelerate import Accelerator
+from hydra import compose, initialize_config_dir
+from torch import nn
+from torch.utils.data import DataLoader
+
+from core import leaderboard
+from core.task import Task, UserError, load_task, load_weights, model_config, save_weights
+from core.train import NonFiniteLoss, TrainerConfig, cpu_has_native_bf16, fit, resolve_precision
+from tests.conftest import ROOT
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_saved_model_reloads_to_identical_outputs(data_root, tmp_path):
+    cfg = compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=200", f"data.root={data_root}")
+    task = load_task(cfg)
+    task.prepare(tmp_path, is_main=True)
+    model = task.build_model().eval()
+    save_weights(model, tmp_path, {"task": "sentiment"})
+
+    again = load_task(cfg)
+    again.load_assets(tmp_path)  # the tokenizer and labels from disk, as mode=predict does
+    reloaded = load_weights(again.build_model(), tmp_path)
+    texts = ["a great film", "the plot was dull and boring , really"]
+    enc_a = task.tokenizer(texts, padding=True, return_tensors="pt")
+    enc_b = again.tokenizer(texts, padding=True, return_tensors="pt")
+    assert torch.equal(enc_a["input_ids"], enc_b["input_ids"])
+    with torch.no_grad():
+        a = model(input_ids=enc_a["input_ids"], attention_mask=enc_a["attention_mask"])["logits"]
+        b = reloaded(input_ids=enc_b["input_ids"], attention_mask=enc_b["attention_mask"])["logits"]
+    assert torch.equal(a, b)
+    assert again.labels == ["negative", "positive"]
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.poison_after = None  # step after which the loss turns NaN
+        self.calls = 0
+
+    def forward(self, x, y):
+        self.calls += self.training
+        logits = self.linear(x)
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        if self.poison_after is not None and self.calls > self.poison_after:
+            loss = loss * float("nan")
+        return {"loss": loss, "logits": logits}
+
+
+class ToyTask(Task):
+    """A linearly separable problem: enough to drive the loop without any data files."""
+
+    def __init__(self, poison_after=None):
+        self.cfg = compose_cfg("task=sentiment", "model=tiny")
+        self.model_cfg = model_config(self.cfg)
+        self.poison_after = poison_after
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(64, 4, generator=g)
+        self.y = (self.x[:, 0] > 0).long()
+
+    def build_model(self):
+        model = Toy()
+        model.poison_after = self.poison_after
+        return model
+
+    def dataloader(self, split, train):
+        rows = [{"x": x, "y": y} for x, y in zip(self.x, self.y)]
+        return DataLoader(rows, batch_size=8, shuffle=train)
+
+    def eval_step(self, model, batch):
+        return list(zip(model(**batch)["logits"].argmax(-1).tolist(), batch["y"].tolist()))
+
+    def compute_metrics(self, records):
+        return {"accuracy": sum(p == y for p, y in records) / len(records)}
+
+    def dataset_name(self):
+        return "toy"
+
+
+def test_loop_learns_and_keeps_the_best_checkpoint(tmp_path):
+    t = TrainerConfig(lr=0.1, max_steps=40, warmup_steps=1, eval_every=8, mixed_precision="no")
+    result = fit(ToyTask(), t, Accelerator(cpu=True), tmp_path)
+    assert result["metrics"]["accuracy"] >= 0.9 and result["steps"] == 40
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    best = max(history, key=lambda h: h["val/accuracy"])
+    assert result["best_step"] == best["step"]
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "checkpoints" / "last").is_dir()
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    t = TrainerConfig(lr=0.1, max_steps=40, warmup_steps=1, eval_every=4, mixed_precision="no")
+    with pytest.raises(NonFiniteLoss, match="non-finite at step 10"):
+        fit(ToyTask(poison_after=10), t, Accelerator(cpu=True), tmp_path)
+    model = load_weights(Toy(), tmp_path)  # the checkpoint of step 8 is intact
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_precision_default_follows_the_hardware():
+    assert resolve_precision("auto", use_cpu=True) == ("bf16" if cpu_has_native_bf16() else "no")
+    assert resolve_precision("no", use_cpu=True) == "no"
+    with pytest.raises(UserError, match="fp16"):
+        resolve_precision("fp16", use_cpu=True)
+
+
+def _record(path, i):
+    leaderboard.record(path, {"run_id": f"run-{i}", "task": "sentiment", "dataset": "sst2", "model": "tiny",
+                              "metrics": {"accuracy": i / 10}, "params": 1, "train_seconds": 1.0,
+                              "samples_per_second": 1.0, "device": "cpu", "seed": i, "headline": "accuracy",
+                              "created": "2026-01-01 00:00:00", "run_dir": "x", "commit": None, "config": {}})
+
+
+def test_leaderboard_takes_concurrent_writers(tmp_path):
+    path = tmp_path / "board.db"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_record, args=(path, i)) for i in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    runs = leaderboard.rows(path)
+    assert sorted(r["run_id"] for r in runs) == [f"run-{i}" for i in range(6)]
+    assert json.loads(leaderboard.render(runs, "json"))[3]["metrics"] == {"accuracy": 0.3}
+    md = leaderboard.render(runs, "markdown").splitlines()
+    assert len(md) == 2 + 6 and md[0].startswith("| run_id")
+
+
+def test_hub_fallback_offline_names_both_fixes(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_cfg("task=sentiment", "data.root=null")
+    with pytest.raises(UserError) as err:
+        load_task(cfg).prepare(ROOT, is_main=True)
+    assert "data.root" in str(err.value) and "SetFit/sst2" in str(err.value) and "\n" not in str(err.value)
+
