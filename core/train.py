@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast, gather_object
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from core.task import Task, UserError, count_parameters, load_weights, save_weights, to_dataclass
@@ -39,6 +40,7 @@ class TrainerConfig:
     mixed_precision: str = "auto"  # bf16, fp16, no, or auto: bf16 where the device computes it natively
     eval_every: int = 0  # optimizer steps between validations; 0 = once per epoch
     patience: int = 0  # stop after this many validations without improvement; 0 = never
+    ema_decay: float = 0.0  # validate, keep and test an exponential moving average of the weights; 0 = off
     log_every: int = 20  # steps between progress-bar/TensorBoard updates
     seed: int = 0  # seeds Python, NumPy and torch on every process
     resume: bool = False  # continue from <run_dir>/checkpoints/last
@@ -116,8 +118,9 @@ def evaluate(task: Task, model, loader, accelerator: Accelerator) -> dict[str, f
     """Run `task.eval_step` over a split on every process; score the gathered records exactly once each."""
     model.eval()
     records = []
-    for batch in loader:
-        records += accelerator.gather_for_metrics(task.eval_step(model, batch), use_gather_object=True)
+    with accelerator.autocast():
+        for batch in loader:
+            records += accelerator.gather_for_metrics(task.eval_step(model, batch), use_gather_object=True)
     model.train()
     return task.compute_metrics(records)
 
@@ -128,6 +131,7 @@ def improved(task: Task, value: float, best: float | None) -> bool:
 
 def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -> dict:
     """Train `task`'s model, keep the best validation checkpoint in `run_dir`, score it on test; return a summary."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     model = task.build_model()
     params = count_parameters(model)
     fused = accelerator.device.type in ("cpu", "cuda")
@@ -138,6 +142,11 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
     val_loader = accelerator.prepare(val_loader) if val_loader is not None else None
     state = TrainState()
     accelerator.register_for_checkpointing(state)
+    ema = None
+    if t.ema_decay:  # timm's EMA, with warm-up so that early averages are not dominated by the random init
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=t.ema_decay, use_warmup=True)
+        accelerator.register_for_checkpointing(ema)
+    best_model = ema.module if ema else accelerator.unwrap_model(model)  # what is validated, kept and tested
     last_ckpt = run_dir / "checkpoints" / "last"
     if t.resume:
         if not last_ckpt.is_dir():
@@ -157,7 +166,7 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
         return max(state.step / total_steps, state.elapsed / budget if budget else 0.0)
 
     def validate() -> None:
-        metrics = evaluate(task, model, val_loader, accelerator)
+        metrics = evaluate(task, ema.module if ema else model, val_loader, accelerator)
         value = metrics[task.metric]
         record = {"step": state.step, "epoch": state.epoch, "elapsed": round(state.elapsed, 1),
                   **{f"val/{k}": v for k, v in metrics.items()}}
@@ -165,7 +174,7 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
         if improved(task, value, state.best):
             state.best, state.best_step, state.bad_evals = value, state.step, 0
             if accelerator.is_main_process:
-                save_weights(accelerator.unwrap_model(model), run_dir, task_info(task, params))
+                save_weights(best_model, run_dir, task_info(task, params))
         else:
             state.bad_evals += 1
         if accelerator.is_main_process:
@@ -201,6 +210,8 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
                         group["lr"] = lr
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if ema is not None and accelerator.sync_gradients:
+                    ema.update(accelerator.unwrap_model(model), step=state.step + 1)
             state.batch_in_epoch += 1
             state.samples += len(next(iter(batch.values()))) * accelerator.num_processes
             running_loss += loss.item() / t.grad_accum
@@ -235,7 +246,7 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
     if val_loader is None:  # nothing to select on: the last weights are the model
         accelerator.save_state(str(last_ckpt))
         if accelerator.is_main_process:
-            save_weights(accelerator.unwrap_model(model), run_dir, task_info(task, params))
+            save_weights(best_model, run_dir, task_info(task, params))
     elif last_eval_step != state.step:
         validate()
     return finish(task, model, accelerator, run_dir, state, params)

@@ -143,3 +143,18 @@ def test_hub_fallback_offline_names_both_fixes(monkeypatch):
         load_task(cfg).prepare(ROOT, is_main=True)
     assert "data.root" in str(err.value) and "SetFit/sst2" in str(err.value) and "\n" not in str(err.value)
 
+
+
+
+def test_ema_weights_are_the_ones_kept(tmp_path):
+    """Two runs with the same seed and data differ only by the EMA: the kept weights must differ too."""
+    from accelerate.utils import set_seed
+
+    kept = {}
+    for decay in (0.0, 0.9):
+        set_seed(0)
+        t = TrainerConfig(lr=0.1, max_steps=24, warmup_steps=1, eval_every=8, mixed_precision="no", ema_decay=decay)
+        result = fit(ToyTask(), t, Accelerator(cpu=True), tmp_path / str(decay))
+        assert result["metrics"]["accuracy"] >= 0.9
+        kept[decay] = load_weights(Toy(), tmp_path / str(decay)).linear.weight
+    assert not torch.equal(kept[0.0], kept[0.9])
