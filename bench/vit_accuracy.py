@@ -1,0 +1,47 @@
+"""Fashion-MNIST test accuracy of a ViT trained from scratch within conf/task/vit.yaml's 20-minute budget.
+
+Runs `run.py task=vit` as a user would (held-out validation of 5,000 training images, best checkpoint scored on
+the 10,000 test images) at the model size below, then prints the test accuracy, per-class accuracy, training
+time and throughput from the run's metrics.json. Target: at least 91% (issue 5).
+
+    SUITE_DATA=/work/shared/data python bench/vit_accuracy.py [extra run.py overrides]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+# 128 wide, 4 layers of 4 heads, FFN 512 (~0.8M parameters), no dropout: the size that fits enough epochs into
+# 20 minutes of a 2-core CPU; patches of 4 pixels, mean pooling and 2-D sine-cosine positions (conf/task/vit.yaml).
+MODEL = ["model=tiny", "model.n_layers=4", "model.n_heads=4", "model.dropout=0"]
+TARGET = 0.91
+
+
+def main() -> None:
+    if not os.environ.get("SUITE_DATA"):
+        sys.exit("set SUITE_DATA to the folder holding fashion_mnist/fashion_mnist.npz")
+    args = ["task=vit", *MODEL, *sys.argv[1:]]
+    print("python run.py " + " ".join(args), flush=True)
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(out.stderr[-3000:])
+    run_dir = Path(next(line for line in out.stdout.splitlines() if line.startswith("run saved in ")).split()[3])
+    saved = yaml.safe_load((run_dir / "metrics.json").read_text())
+    history = [yaml.safe_load(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    m = saved["metrics"]
+    print(f"run {run_dir}")
+    print(f"parameters {saved['params']:,}; {saved['steps']} steps ({history[-1]['epoch']} full epochs) in "
+          f"{saved['train_seconds'] / 60:.1f} min; {saved['samples_per_second']:.0f} images/s in train steps")
+    print("validation accuracy by epoch: " + " ".join(f"{h['val/accuracy']:.4f}" for h in history))
+    print("test per-class accuracy: " + " ".join(f"{k[4:]}={v:.3f}" for k, v in m.items() if k.startswith("acc_")))
+    print(f"TEST ACCURACY {m['accuracy']:.4f} (target {TARGET:.2f}: {'met' if m['accuracy'] >= TARGET else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Training throughput of the suite's ViT against timm's VisionTransformer of the same size.
+
+All at embed 256, depth 4, 4 heads, MLP 1024, 32x32 RGB input, patch 4 (64 patches), 10 classes, batch 32,
+label smoothing 0.1. `suite` is the suite's default settings (conf/model/small.yaml + conf/task/vit.yaml: dropout
+0.1, mean pooling, 2-D sine-cosine positions); `suite-d0` the same with dropout 0, timm's default; `timm` is
+VisionTransformer with its defaults (class token, learned positions, no dropout). Timed side by side in one
+process: forward + backward + fused AdamW step, the models interleaved round by round so that machine noise hits
+them alike. Prints images/s, the ratios, and model-FLOPs utilisation against the matmul peak of the same run.
+
+    python bench/vit_speed.py [--steps 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.transformer import TransformerConfig  # noqa: E402
+from tasks.vit import VisionTransformer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+B, C, SIZE, PATCH, CLASSES = 32, 3, 32, 4, 10
+
+
+def suite_model(**overrides) -> torch.nn.Module:
+    model_cfg = TransformerConfig(**{**OmegaConf.load(ROOT / "conf/model/small.yaml"), **overrides})
+    tc = OmegaConf.load(ROOT / "conf/task/vit.yaml").task
+    return VisionTransformer(model_cfg, (SIZE, SIZE), PATCH, C, CLASSES, tc.pooling, tc.position, tc.label_smoothing)
+
+
+def timm_model() -> torch.nn.Module:
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    return TimmViT(img_size=SIZE, patch_size=PATCH, in_chans=C, num_classes=CLASSES, embed_dim=256, depth=4,
+                   num_heads=4, mlp_ratio=4.0)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = min(timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def make_step(model, kind: str, bf16: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    images = torch.rand(B, C, SIZE, SIZE)
+    labels = torch.randint(0, CLASSES, (B,))
+    model.train()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if kind.startswith("suite"):
+                loss = model(images=images, labels=labels)["loss"]
+            else:
+                loss = F.cross_entropy(model(images).float(), labels, label_smoothing=0.1)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def train_flops(D: int = 256, L: int = 4, d_ff: int = 1024) -> float:
+    """Matmul FLOPs of one training step: 6 * weights * tokens + attention's 12 * layers * T * D per token."""
+    T = (SIZE // PATCH) ** 2 + 1
+    weights = L * (4 * D * D + 2 * D * d_ff) + C * PATCH * PATCH * D * (T - 1) / T
+    return B * T * (6 * weights + 12 * L * T * D)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = {"suite": suite_model(), "suite-d0": suite_model(dropout=0.0), "timm": timm_model()}
+    params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    print(f"torch {torch.__version__}, {args.threads} threads; batch {B} x {C}x{SIZE}x{SIZE}, patch {PATCH}")
+    print(f"parameters: suite {params['suite']:,}  timm {params['timm']:,}  "
+          f"(difference {abs(params['suite'] / params['timm'] - 1):.1%}: timm's class token and its position)")
+    flops = train_flops()
+    for precision, bf16 in (("float32", False), ("bf16 autocast", True)):
+        peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
+        steps = {k: make_step(m, k, bf16) for k, m in models.items()}
+        for fn in steps.values():  # warm-up: allocator, oneDNN kernels
+            fn()
+            fn()
+        times = {k: [] for k in steps}
+        for _ in range(args.steps):  # interleaved rounds
+            for k, fn in steps.items():
+                times[k].append(timed(fn))
+        rate = {k: B / statistics.median(v) for k, v in times.items()}
+        mfu = {k: flops * rate[k] / B / 1e9 / peak for k in rate}
+        print(f"\n{precision}: matmul peak {peak:.0f} GFLOP/s")
+        for k in steps:
+            print(f"  {k:8s} {rate[k]:7.1f} images/s  ({1000 * statistics.median(times[k]):.0f} ms/step, "
+                  f"MFU {mfu[k]:.0%})")
+        print(f"  speed-up suite / timm: {rate['suite'] / rate['timm']:.2f}x (defaults), "
+              f"{rate['suite-d0'] / rate['timm']:.2f}x (both without dropout)")
+
+
+if __name__ == "__main__":
+    main()
