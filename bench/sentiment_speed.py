@@ -28,10 +28,16 @@ ROOT = Path(__file__).resolve().parent.parent
 B, T, V = 32, 128, 8000
 
 
+def suite_config() -> tuple[TransformerConfig, dict]:
+    """What `python run.py task=sentiment` builds: conf/model/small.yaml with the task's model overrides."""
+    task_yaml = OmegaConf.load(ROOT / "conf/task/sentiment.yaml")
+    model_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/small.yaml"), task_yaml.get("model", {}))
+    return TransformerConfig(**model_cfg), task_yaml.task
+
+
 def suite_model() -> torch.nn.Module:
-    model_cfg = OmegaConf.load(ROOT / "conf/model/small.yaml")
-    task_cfg = OmegaConf.load(ROOT / "conf/task/sentiment.yaml").task
-    return SequenceClassifier(TransformerConfig(**model_cfg), V, 2, 0, task_cfg.pooling, task_cfg.label_smoothing)
+    model_cfg, task_cfg = suite_config()
+    return SequenceClassifier(model_cfg, V, 2, 0, task_cfg.pooling, task_cfg.label_smoothing)
 
 
 def bert_model() -> torch.nn.Module:
@@ -92,7 +98,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads; batch {B} x seq {T}")
     print(f"parameters: suite {params['suite']:,}  bert {params['bert']:,}  "
           f"(difference {abs(params['suite'] / params['bert'] - 1):.1%})")
-    flops = train_flops(TransformerConfig(**OmegaConf.load(ROOT / "conf/model/small.yaml")))
+    flops = train_flops(suite_config()[0])
     for precision, bf16 in (("float32", False), ("bf16 autocast", True)):
         peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
         steps = {k: make_step(m, k, bf16) for k, m in models.items()}
