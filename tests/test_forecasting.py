@@ -21,6 +21,19 @@ TINY = ["task=forecasting", "model.d_model=32", "model.d_ff=64", "task.lookback=
         "trainer.max_minutes=0", "trainer.patience=0", "trainer.log_every=5"]
 
 
+# Models this small run fastest on one thread, and a busy machine's spare threads slow them 10-50x (OpenMP
+# spin-waits), so the training here uses one.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_ett(path, rows: int, seed: int = 0):
     """An hourly CSV with ETTh1's columns: daily and weekly cycles, a slow drift and noise per channel."""
     rng = np.random.default_rng(seed)
@@ -93,7 +106,7 @@ def test_revin_is_exactly_inverted():
 
 
 @pytest.mark.parametrize("architecture", ["patch", "encdec"])
-def test_tiny_model_fits_a_sine_wave(architecture):
+def test_tiny_model_fits_a_sine_wave(architecture, one_thread):
     torch.manual_seed(0)
     L, H = 64, 16
     t = torch.arange(2000).float()[:, None]
@@ -123,7 +136,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     frame = write_ett(root / "etth1" / "ETTh1.csv", 1500)
     workdir = tmp_path_factory.mktemp("work")
-    out = run_suite(*TINY, "trainer.max_steps=60", "trainer.eval_every=30", cwd=workdir, env={"SUITE_DATA": str(root)})
+    out = run_suite(*TINY, "trainer.max_steps=60", "trainer.eval_every=30", cwd=workdir,
+                    env={"SUITE_DATA": str(root), **ONE_THREAD})
     assert out.returncode == 0, out.stderr[-3000:]
     (run_dir,) = (workdir / "outputs" / "runs").glob("*")
     return workdir, run_dir, frame, out
