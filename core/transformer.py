@@ -62,7 +62,7 @@ def attend(q, k, v, mask=None, causal=False, dropout=0.0):
     """Scaled dot-product attention of q (B, H, T, Dh) over k, v (B, H, S, Dh); mask broadcasts to (B, H, T, S).
 
     PyTorch's fused kernel (`F.scaled_dot_product_attention`) everywhere except bfloat16/float16 on the CPU, where
-    its backward pass is about 3x slower than the same maths as three plain matmuls (bench/attention_cpu.py).
+    its backward pass is slower than the same maths as three plain matmuls (1.6x here: bench/attention_cpu.py).
     """
     if q.device.type != "cpu" or q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
