@@ -12,15 +12,15 @@ against the matmul peak measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from speedtest import interleaved_rates, matmul_peak  # noqa: E402
+
 from core.transformer import TransformerConfig  # noqa: E402
 from tasks.sentiment import SequenceClassifier  # noqa: E402
 
@@ -48,17 +48,6 @@ def bert_model() -> torch.nn.Module:
     return BertForSequenceClassification(cfg)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n**3 / best / 1e9
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def make_step(model, kind: str, bf16: bool):
@@ -102,18 +91,11 @@ def main() -> None:
     for precision, bf16 in (("float32", False), ("bf16 autocast", True)):
         peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
         steps = {k: make_step(m, k, bf16) for k, m in models.items()}
-        for fn in steps.values():  # warm-up: allocator, oneDNN kernels
-            fn()
-            fn()
-        times = {k: [] for k in steps}
-        for _ in range(args.steps):  # interleaved rounds
-            for k, fn in steps.items():
-                times[k].append(timed(fn))
-        rate = {k: B / statistics.median(v) for k, v in times.items()}
+        rate, ms = interleaved_rates(steps, args.steps, B)
         mfu = {k: flops * rate[k] / B / 1e9 / peak for k in rate}
         print(f"\n{precision}: matmul peak {peak:.0f} GFLOP/s")
         for k in steps:
-            print(f"  {k:5s} {rate[k]:7.1f} samples/s  ({1000 * statistics.median(times[k]):.0f} ms/step, "
+            print(f"  {k:5s} {rate[k]:7.1f} samples/s  ({ms[k]:.0f} ms/step, "
                   f"MFU {mfu[k]:.0%})")
         print(f"  speed-up suite / bert: {rate['suite'] / rate['bert']:.2f}x")
 

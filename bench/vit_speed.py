@@ -13,9 +13,7 @@ them alike. Prints images/s, the ratios, and model-FLOPs utilisation against the
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +21,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from speedtest import interleaved_rates, matmul_peak  # noqa: E402
+
 from core.transformer import TransformerConfig  # noqa: E402
 from tasks.vit import VisionTransformer  # noqa: E402
 
@@ -43,17 +43,6 @@ def timm_model() -> torch.nn.Module:
                    num_heads=4, mlp_ratio=4.0)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n**3 / best / 1e9
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def make_step(model, kind: str, bf16: bool):
@@ -98,18 +87,11 @@ def main() -> None:
     for precision, bf16 in (("float32", False), ("bf16 autocast", True)):
         peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
         steps = {k: make_step(m, k, bf16) for k, m in models.items()}
-        for fn in steps.values():  # warm-up: allocator, oneDNN kernels
-            fn()
-            fn()
-        times = {k: [] for k in steps}
-        for _ in range(args.steps):  # interleaved rounds
-            for k, fn in steps.items():
-                times[k].append(timed(fn))
-        rate = {k: B / statistics.median(v) for k, v in times.items()}
+        rate, ms = interleaved_rates(steps, args.steps, B)
         mfu = {k: flops * rate[k] / B / 1e9 / peak for k in rate}
         print(f"\n{precision}: matmul peak {peak:.0f} GFLOP/s")
         for k in steps:
-            print(f"  {k:8s} {rate[k]:7.1f} images/s  ({1000 * statistics.median(times[k]):.0f} ms/step, "
+            print(f"  {k:8s} {rate[k]:7.1f} images/s  ({ms[k]:.0f} ms/step, "
                   f"MFU {mfu[k]:.0%})")
         print(f"  speed-up suite / timm: {rate['suite'] / rate['timm']:.2f}x (defaults), "
               f"{rate['suite-d0'] / rate['timm']:.2f}x (both without dropout)")
