@@ -47,9 +47,8 @@ class Seq2SeqTransformer(nn.Module):
         if decoder_input_ids is None:  # shift right: BOS, y1, ..., y_{T-1}
             shifted = labels.masked_fill(labels == -100, self.pad_id)
             decoder_input_ids = F.pad(shifted[:, :-1], (1, 0), value=self.bos_id)
-        mask = attention_mask.bool()
-        memory = self.core.encoder(self.embed(input_ids), mask)
-        h = self.core.decoder(self.embed(decoder_input_ids), memory, mask)  # (B, T, D)
+        memory = self.encode(input_ids, attention_mask)
+        h = self.core.decoder(self.embed(decoder_input_ids), memory, attention_mask.bool())  # (B, T, D)
         logits = self.lm_head(h).float()  # (B, T, V)
         out = {"logits": logits}
         if labels is not None:
@@ -76,7 +75,6 @@ class Stepper:
         if rows != len(input_ids):  # beams: K copies of each source
             k = rows // len(input_ids)
             memory, self.mask = memory.repeat_interleave(k, 0), self.mask.repeat_interleave(k, 0)
-        self.memory = memory
         self.memory_kv = model.core.decoder.memory_kv(memory)
         self.cache: list[KVCache] | None = None
         if use_cache:
@@ -144,7 +142,7 @@ def beam_search(model, input_ids, attention_mask, gen: GenerationConfig, use_cac
     for t in range(gen.max_new_tokens):
         logp = step(prefix)  # (B*K, V)
         constrain(logp, prefix, t, gen, model.eos_id)
-        V = logp.size(-1)
+        V, norm = logp.size(-1), (t + 1) ** gen.length_penalty  # an EOS now makes a hypothesis of t + 1 steps
         cand = (scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)
         top, idx = cand.topk(2 * K, dim=-1)  # (B, 2K): enough to find K that do not end
         beam, token = idx // V, idx % V
@@ -155,15 +153,14 @@ def beam_search(model, input_ids, attention_mask, gen: GenerationConfig, use_cac
                 if closed[b] or s == float("-inf"):
                     break
                 if tok == model.eos_id:
-                    if len(finished[b]) < K or s / (t + 1) ** gen.length_penalty > finished[b][-1][0]:
-                        finished[b].append((s / (t + 1) ** gen.length_penalty, prefix[b * K + k, 1:].tolist()))
+                    if len(finished[b]) < K or s / norm > finished[b][-1][0]:
+                        finished[b].append((s / norm, prefix[b * K + k, 1:].tolist()))
                         finished[b] = sorted(finished[b], key=lambda x: -x[0])[:K]
                     continue
                 chosen.append((s, k, tok))
                 if len(chosen) == K:
                     break
-            if len(finished[b]) == K and (not chosen or chosen[0][0] / (t + 1) ** gen.length_penalty
-                                          <= finished[b][-1][0]):
+            if len(finished[b]) == K and (not chosen or chosen[0][0] / norm <= finished[b][-1][0]):
                 closed[b] = True
             chosen += [(float("-inf"), 0, model.pad_id)] * (K - len(chosen))  # dead beams keep the shape
             for s, k, tok in chosen:

@@ -146,7 +146,8 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
     if t.ema_decay:  # timm's EMA, with warm-up so that early averages are not dominated by the random init
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=t.ema_decay, use_warmup=True)
         accelerator.register_for_checkpointing(ema)
-    best_model = ema.module if ema else accelerator.unwrap_model(model)  # what is validated, kept and tested
+    eval_model = ema.module if ema else model  # what is validated, kept and tested
+    best_model = accelerator.unwrap_model(eval_model)
     last_ckpt = run_dir / "checkpoints" / "last"
     if t.resume:
         if not last_ckpt.is_dir():
@@ -166,7 +167,7 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
         return max(state.step / total_steps, state.elapsed / budget if budget else 0.0)
 
     def validate() -> None:
-        metrics = evaluate(task, ema.module if ema else model, val_loader, accelerator)
+        metrics = evaluate(task, eval_model, val_loader, accelerator)
         value = metrics[task.metric]
         record = {"step": state.step, "epoch": state.epoch, "elapsed": round(state.elapsed, 1),
                   **{f"val/{k}": v for k, v in metrics.items()}}
