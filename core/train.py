@@ -32,7 +32,9 @@ class TrainerConfig:
     eval_batch_size: int = 128  # examples per process per evaluation batch
     epochs: int = 10  # passes over the training data (unless max_steps or max_minutes stops first)
     max_steps: int = 0  # optimizer steps; 0 = from epochs
-    max_minutes: float = 0.0  # wall-clock budget for training (validation included); 0 = none
+    max_minutes: float = 0.0  # time budget for training (validation included), on `clock`; 0 = none
+    clock: str = "wall"  # what max_minutes counts: wall time, or this process's CPU time ("process": fair on a
+    #                      shared machine, where other jobs take cores; with N threads a minute costs N CPU-minutes)
     warmup_steps: int = 200  # linear warm-up from 0 to lr
     schedule: str = "cosine"  # decay after warm-up over the run's progress: cosine, linear or constant
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -49,10 +51,13 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"trainer.schedule={self.schedule!r}: choose one of {sorted(SCHEDULES)}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"trainer.clock={self.clock!r}: choose one of {sorted(CLOCKS)}")
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
             raise ValueError(f"trainer.mixed_precision={self.mixed_precision!r}: choose auto, bf16, fp16 or no")
 
 
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 SCHEDULES = {
     "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * min(p, 1.0))),
     "linear": lambda p: max(0.0, 1 - p),
@@ -91,7 +96,7 @@ class TrainState:
 
     def __init__(self):
         self.step = self.epoch = self.batch_in_epoch = self.samples = 0
-        self.elapsed = self.step_seconds = 0.0  # wall time of training; time inside train steps only
+        self.elapsed = self.step_seconds = 0.0  # training time on trainer.clock; wall time inside train steps only
         self.best: float | None = None
         self.best_step = self.bad_evals = 0
 
@@ -186,7 +191,8 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
 
     pbar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
                 desc=f"train {task.cfg.task.name}", dynamic_ncols=True)
-    started = time.perf_counter() - state.elapsed
+    clock = CLOCKS[t.clock]
+    started = clock() - state.elapsed
     running_loss, last_eval_step, stop = 0.0, state.step, state.step >= total_steps
     model.train()
     while not stop:
@@ -220,7 +226,7 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
-            state.elapsed = time.perf_counter() - started
+            state.elapsed = clock() - started
             if accelerator.num_processes > 1:  # one clock for all ranks, or they would stop at different steps
                 state.elapsed = broadcast(torch.tensor([state.elapsed], device=accelerator.device)).item()
             pbar.update(1)

@@ -1,6 +1,7 @@
 """The training loop, saved models and the leaderboard, in process (no subprocess start-up)."""
 
 import json
+import time
 import multiprocessing as mp
 
 import pytest
@@ -158,3 +159,27 @@ def test_ema_weights_are_the_ones_kept(tmp_path):
         assert result["metrics"]["accuracy"] >= 0.9
         kept[decay] = load_weights(Toy(), tmp_path / str(decay)).linear.weight
     assert not torch.equal(kept[0.0], kept[0.9])
+
+
+class SleepyToy(Toy):
+    """Waits 50 ms per training step without using the CPU, as a job does on a machine other jobs keep busy."""
+
+    def forward(self, x, y):
+        if self.training:
+            time.sleep(0.05)
+        return super().forward(x, y)
+
+
+class SleepyTask(ToyTask):
+    def build_model(self):
+        return SleepyToy()
+
+
+def test_process_clock_budget_counts_only_this_process_cpu_time(tmp_path):
+    steps = {}
+    for clock in ("wall", "process"):
+        t = TrainerConfig(lr=0.1, max_steps=3000, max_minutes=0.01, clock=clock, warmup_steps=1, eval_every=1000,
+                          mixed_precision="no")
+        steps[clock] = fit(SleepyTask(), t, Accelerator(cpu=True), tmp_path / clock)["steps"]
+    assert steps["wall"] <= 12  # 0.6 s of steps that take at least 50 ms
+    assert steps["process"] > 2 * steps["wall"]  # the waiting is not charged to the budget
