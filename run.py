@@ -2,7 +2,8 @@
 
     python run.py task=sentiment                          train, evaluate, record in the leaderboard
     python run.py task=sentiment mode=predict run_dir=DIR text="a gripping, funny film"
-    python run.py mode=leaderboard [leaderboard.format=json]
+    python run.py -m 'task=glob(*)' [model=small,small_rope]   every task in turn, failures listed at the end
+    python run.py mode=leaderboard [leaderboard.view=suite|runs] [leaderboard.format=table|markdown|json|html]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from core import leaderboard
+from core import leaderboard, leaderboard_page
 from core.task import UserError, device_name, load_task, load_weights
 
 log = logging.getLogger("run")
@@ -77,11 +78,11 @@ def train(cfg: DictConfig) -> dict:
         if fresh and state.is_main_process and not cfg.run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    handler = logging.FileHandler(run_dir / "train.log") if accelerator.is_main_process else logging.NullHandler()
     if accelerator.is_main_process:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-        logging.getLogger().addHandler(handler)
+    logging.getLogger().addHandler(handler)
     accelerator.init_trackers("tensorboard")
     log.info("run folder %s (precision %s, %d process(es) on %s)", run_dir, accelerator.mixed_precision,
              accelerator.num_processes, accelerator.device)
@@ -89,18 +90,21 @@ def train(cfg: DictConfig) -> dict:
         result = fit(task, t, accelerator, run_dir)
     finally:
         accelerator.end_training()
+        logging.getLogger().removeHandler(handler)  # the next job of a sweep logs into its own folder
+        handler.close()
     if accelerator.is_main_process:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config.get("leaderboard", {}).pop("references", None)  # the same for every run: kept once, in conf/leaderboard/
         row = {"run_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task.name}-{uuid.uuid4().hex[:6]}",
                "task": cfg.task.name, "dataset": task.dataset_name(), "model": model_variant(cfg),
                "metrics": result["metrics"], "params": result["params"], "train_seconds": result["train_seconds"],
                "samples_per_second": result["samples_per_second"], "seed": t.seed, "headline": task.metric,
                "device": device_name(accelerator.device, accelerator.num_processes),
                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "run_dir": str(run_dir), "commit": code_version(),
-               "config": OmegaConf.to_container(cfg, resolve=True)}
+               "config": config, "steps": result["steps"], "best_step": result["best_step"]}
         (run_dir / "metrics.json").write_text(OmegaConf.to_yaml(OmegaConf.create(
-            {**{k: v for k, v in row.items() if k != "config"}, "steps": result["steps"],
-             "best_step": result["best_step"], "param_checksums": result["param_checksums"]})))
-        leaderboard.record(Path(cfg.leaderboard.path), row)
+            {**{k: v for k, v in row.items() if k != "config"}, "param_checksums": result["param_checksums"]})))
+        leaderboard.record(Path(cfg.leaderboard.path), row, references(cfg))
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
         print(f"test {metrics}\nrun saved in {run_dir} (leaderboard: {cfg.leaderboard.path}, run_id {row['run_id']})")
     return result
@@ -125,6 +129,26 @@ def predict(cfg: DictConfig) -> None:
         print(line)
 
 
+def references(cfg: DictConfig) -> dict:
+    """The normalised scores' baselines and references, per dataset (conf/leaderboard/default.yaml)."""
+    return OmegaConf.to_container(cfg.leaderboard.get("references") or {}, resolve=True)
+
+
+def show_leaderboard(cfg: DictConfig) -> None:
+    """Print the leaderboard in the chosen view and format; `html` writes one page and prints where."""
+    lb = cfg.leaderboard
+    if lb.view not in ("suite", "runs"):
+        raise UserError(f"leaderboard.view={lb.view!r}: choose suite (one row per model variant) or runs")
+    if lb.format not in ("table", "markdown", "json", "html"):
+        raise UserError(f"leaderboard.format={lb.format!r}: choose table, markdown, json or html")
+    runs = leaderboard.rows(Path(lb.path))
+    if lb.format == "html":
+        page = leaderboard_page.write(Path(lb.output or Path(lb.path).with_suffix(".html")), runs, references(cfg))
+        print(f"leaderboard page written to {page.resolve()} ({len(runs)} runs)")
+    else:
+        print(leaderboard.render(runs, lb.format, lb.view, references(cfg)))
+
+
 def model_variant(cfg: DictConfig) -> str:
     """The model config's name (`small`, `small_rope`, ...): what the leaderboard compares."""
     return HydraConfig.get().runtime.choices.get("model", "custom") if HydraConfig.initialized() else "custom"
@@ -144,10 +168,7 @@ def main(cfg: DictConfig) -> None:
     quiet_libraries()
     try:
         if cfg.mode == "leaderboard":
-            fmt = cfg.leaderboard.format
-            if fmt not in ("table", "markdown", "json"):
-                raise UserError(f"leaderboard.format={fmt!r}: choose table, markdown or json")
-            print(leaderboard.render(leaderboard.rows(Path(cfg.leaderboard.path)), fmt))
+            show_leaderboard(cfg)
         elif cfg.mode == "predict":
             predict(cfg)
         elif cfg.mode == "train":
@@ -155,9 +176,10 @@ def main(cfg: DictConfig) -> None:
         else:
             raise UserError(f"mode={cfg.mode!r}: choose train, predict or leaderboard")
     except UserError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # core.suite.SuiteReport prints it, lets the sweep go on and lists it at the end
         print(f"error: {e}", file=sys.stderr)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep goes on with its other jobs
-            sys.exit(2)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def runs_in(workdir: Path) -> list[Path]:
 
 
 def leaderboard_json(workdir: Path) -> list[dict]:
-    out = run_suite("mode=leaderboard", "leaderboard.format=json", cwd=workdir)
+    out = run_suite("mode=leaderboard", "leaderboard.view=runs", "leaderboard.format=json", cwd=workdir)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -63,9 +63,12 @@ def test_leaderboard_json_has_the_stable_keys(trained):
     assert row["task"] == "sentiment" and row["model"] == "tiny" and row["dataset"] == "sst2"
     assert row["metrics"] == saved["metrics"] and set(row["metrics"]) == {"accuracy", "macro_f1"}
     assert row["params"] > 0 and row["samples_per_second"] > 0 and row["seed"] == 0
-    table = run_suite("mode=leaderboard", cwd=workdir)
+    assert row["steps"] == saved["steps"] == 60 and row["best_step"] == saved["best_step"]
+    table = run_suite("mode=leaderboard", "leaderboard.view=runs", cwd=workdir)
     assert row["run_id"] in table.stdout and "accuracy=" in table.stdout
     assert row["run_id"] in (workdir / "outputs" / "leaderboard.md").read_text()
+    suite = run_suite("mode=leaderboard", cwd=workdir)  # the default view: one row per model variant
+    assert suite.stdout.startswith("model") and "tiny" in suite.stdout and "accuracy" in suite.stdout
 
 
 def test_predict_text_and_file(trained, tmp_path):
