@@ -1,0 +1,52 @@
+"""FSDD speech-recognition benchmark: the default `python run.py task=asr` (from scratch, at most 20 minutes of
+training), then its test WER/CER on connected digit strings and single words, and the validation curve.
+
+    SUITE_DATA=/work/shared/data flock /tmp/suite-cpu-1.lock env OMP_NUM_THREADS=1 \
+        python bench/asr_quality.py [extra Hydra overrides, e.g. trainer.seed=1]
+
+Targets (issue 6): single-word test WER <= 5% and connected-digit test WER <= 10%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"word_wer": 0.05, "wer": 0.10}
+
+
+def main() -> None:
+    if not os.environ.get("SUITE_DATA"):
+        sys.exit("set SUITE_DATA to the folder holding fsdd/metadata.csv")
+    args = ["task=asr", *sys.argv[1:]]
+    print("python run.py " + " ".join(args), flush=True)
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(out.stderr[-3000:])
+    run_dir = Path(next(line for line in out.stdout.splitlines() if line.startswith("run saved in ")).split()[3])
+    saved = yaml.safe_load((run_dir / "metrics.json").read_text())
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    m = saved["metrics"]
+    print(f"run {run_dir}")
+    print(f"parameters {saved['params']:,}; {saved['steps']} steps ({history[-1]['epoch']} full epochs) in "
+          f"{saved['train_seconds'] / 60:.1f} min; {saved['samples_per_second']:.1f} utterances/s in train steps; "
+          f"{saved['device']}; best step {saved['best_step']}")
+    print("validation curve (step, minutes: connected WER / CER, single-word WER / CER):")
+    for h in history:
+        print(f"  {h['step']:5d} {h['elapsed'] / 60:5.1f}  {h['val/wer']:.4f} / {h['val/cer']:.4f}   "
+              f"{h['val/word_wer']:.4f} / {h['val/word_cer']:.4f}")
+    print(f"test connected digits: WER {m['wer']:.4f}  CER {m['cer']:.4f}")
+    print(f"test single words:     WER {m['word_wer']:.4f}  CER {m['word_cer']:.4f}  (word accuracy "
+          f"{1 - m['word_wer']:.2%})")
+    for key, target in TARGETS.items():
+        print(f"TARGET {key} <= {target:.2f}: {m[key]:.4f} {'met' if m[key] <= target else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
