@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from datasets import ClassLabel, DatasetDict, Sequence
+from datasets import ClassLabel, DatasetDict
 from seqeval.metrics import classification_report, f1_score
 from seqeval.metrics.sequence_labeling import get_entities
 from torch import nn
@@ -95,7 +95,8 @@ class SoftmaxTags(nn.Module):
 
 
 class CRF(SoftmaxTags):
-    """Linear-chain CRF (Lample et al., 2016) with learned transitions; illegal IOB2 moves stay forbidden."""
+    """Linear-chain CRF (Lample et al., 2016) with learned transitions and start scores (no end scores, to stay
+    compact); illegal IOB2 moves stay forbidden."""
 
     def __init__(self, allowed: torch.Tensor, start: torch.Tensor, constrained: bool = True):
         super().__init__(allowed, start, constrained)
@@ -161,7 +162,7 @@ class TokenTagger(nn.Module):
             c = self.chars(chars) * words[..., None]
             x = x.scatter_add(1, index, c.to(x.dtype))
         h = self.encoder(x, attention_mask.bool())  # (B, S, D)
-        scores = self.head(h.gather(1, index.to(h.device))).float()  # (B, W, L)
+        scores = self.head(h.gather(1, index)).float()  # (B, W, L)
         out = {"scores": scores, "word_mask": words}
         if labels is not None:
             tags = labels.gather(1, word_starts).masked_fill(~words, IGNORE)  # (B, W) the first subwords' labels
@@ -261,7 +262,7 @@ class Task(base.Task):
     def _read_tags(self, ds: DatasetDict, split: str) -> list[list[str]]:
         """Tag strings per sentence, IOB1 or IOB2 in, IOB2 out; integer tags are named by the data or the config."""
         feature = ds[split].features["tags"]
-        inner = feature.feature if isinstance(feature, Sequence) else getattr(feature, "feature", None)
+        inner = getattr(feature, "feature", None)  # Sequence(ClassLabel) or List(ClassLabel), by datasets version
         names = inner.names if isinstance(inner, ClassLabel) else self.cfg.task.get("tag_names")
         out = []
         for i, (words, row) in enumerate(zip(ds[split]["tokens"], ds[split]["tags"])):

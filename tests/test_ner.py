@@ -184,3 +184,22 @@ def test_run_py_trains_and_predicts_entities(tmp_path):
             kind, span, surface = entity.split(" ", 2)
             start, end = map(int, span.split(":"))
             assert kind in ("PER", "LOC", "ORG") and text[start:end] == surface
+
+
+def test_integer_tags_need_names_and_iob1_data_is_read(tmp_path):
+    folder = write_conll(tmp_path)
+    names = ["O", "I-PER", "I-LOC", "I-ORG", "B-PER", "B-LOC", "B-ORG"]  # IOB1: entities start with I-
+    for split in ("train", "validation", "test"):
+        path = folder / f"{split}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for r in rows:
+            r["ner_tags"] = [names.index(t.replace("B-", "I-")) for t in r["ner_tags"]]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match="train.jsonl line 1: integer tags .* set task.tag_names"):
+        make_task(tmp_path, tmp_path)
+    task = make_task(tmp_path, tmp_path, f"task.tag_names=[{','.join(names)}]")
+    assert task.labels == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    first = json.loads((folder / "train.jsonl").read_text().splitlines()[0])
+    row = task.data["train"][0]
+    assert [task.labels[row["labels"][s]] for s in row["word_starts"]][:2] == ["B-PER", "I-PER"]
+    assert first["ner_tags"][:2] == [1, 1]

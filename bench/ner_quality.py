@@ -1,0 +1,41 @@
+"""CoNLL-2003 NER quality benchmark: the default `python run.py task=ner` (from scratch, at most 30 minutes of
+training), then its test entity F1 overall and per type, the validation F1 curve, training time and throughput.
+
+    SUITE_DATA=../shared/data flock /tmp/suite-cpu-0.lock env OMP_NUM_THREADS=1 \
+        python bench/ner_quality.py [extra Hydra overrides, e.g. task.decoder=crf task.char_features=false]
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    cmd = [sys.executable, str(ROOT / "run.py"), "task=ner", *sys.argv[1:]]
+    print("$", " ".join(cmd[1:]), flush=True)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(out.stderr[-2000:])
+    run_dir = Path(out.stdout.split("run saved in ")[-1].split(" (")[0])
+    row = yaml.safe_load((run_dir / "metrics.json").read_text())  # written as YAML by run.py
+    m = row["metrics"]
+    print(f"CoNLL-2003 test entity F1 {m['f1']:.2f}  P {m['precision']:.2f}  R {m['recall']:.2f}  (target >= 75)"
+          + (f"  [argmax decoding: F1 {m['f1_argmax']:.2f}]" if "f1_argmax" in m else ""))
+    for kind in sorted({k.split("_")[0] for k in m if k.endswith("_f1") and k != "f1_argmax"}):
+        print(f"  {kind:5s} F1 {m[kind + '_f1']:.2f}  P {m[kind + '_precision']:.2f}  R {m[kind + '_recall']:.2f}")
+    curve = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    print("validation F1 by step (minutes): " + ", ".join(
+        f"{r['step']} ({r['elapsed'] / 60:.1f}): {r['val/f1']:.2f}" for r in curve))
+    print(f"best validation F1 {max(r['val/f1'] for r in curve):.2f} at step {row['best_step']} of {row['steps']}")
+    print(f"training {row['train_seconds'] / 60:.1f} min (budget 30), {row['samples_per_second']:.0f} samples/s, "
+          f"{row['params']:,} parameters, {row['device']}, model {row['model']}, seed {row['seed']}")
+    print(f"run {row['run_id']}: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
