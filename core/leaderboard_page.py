@@ -138,8 +138,8 @@ function suiteTable() {
 function chart() {
   const scores = data.variants.flatMap(v => Object.values(v.tasks).map(t => t.score)).filter(s => s !== null);
   const lo = Math.max(-100, Math.min(0, ...scores)), hi = Math.min(200, Math.max(100, ...scores));
-  const n = data.variants.length, barW = 18, gap = 24, left = 40, top = 10, h = 240;
-  const groupW = n * barW + gap, width = left + data.columns.length * groupW + 10;
+  const n = data.variants.length, barW = 22, gap = 24, left = 40, top = 10, h = 240;
+  const groupW = n * barW + gap, width = Math.max(400, left + data.columns.length * groupW + 10);
   const y = s => top + h * (hi - Math.max(lo, Math.min(hi, s))) / (hi - lo);
   const svg = el("svg:svg", {width: width, height: top + h + 40 + 18 * n, id: "score-chart", role: "img"});
   for (const tick of [lo, 0, 50, 100, hi].filter((t, i, a) => a.indexOf(t) === i && t >= lo && t <= hi)) {
@@ -155,6 +155,10 @@ function chart() {
         width: barW - 2, height: Math.max(1, Math.abs(y(t.score) - y(0))), fill: COLORS[i % COLORS.length]});
       bar.append(el("svg:title", {}, v.model + " on " + c + ": " + score(t.score, t.score_spread)));
       svg.append(bar);
+      if (t.score < lo || t.score > hi) {  // clipped: say how far it goes
+        svg.append(el("svg:text", {x: x0 + i * barW + barW / 2, y: t.score > hi ? top + 10 : top + h - 4,
+          "text-anchor": "middle", fill: "#fff", "font-size": 9}, score(t.score).split(".")[0]));
+      }
     });
     svg.append(el("svg:text", {x: x0 + n * barW / 2, y: top + h + 14, "text-anchor": "middle"}, c));
   });

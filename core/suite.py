@@ -61,13 +61,21 @@ class SuiteReport(Callback):
         path = jobs_file(config)
         jobs = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
         failed = [j for j in jobs if j["status"] == "failed"]
+        shared = set.intersection(*(set(j["overrides"]) for j in jobs)) if len(jobs) > 1 else set()
+
+        def name(job: dict) -> str:  # what this job sweeps over (task=..., model=...), not what all jobs share
+            return f"#{job['num']} " + " ".join(o for o in job["overrides"] if o not in shared)
+
         lines = [f"suite: {len(jobs) - len(failed)} of {len(jobs)} job(s) succeeded in "
-                 f"{sum(j['seconds'] for j in jobs) / 60:.1f} min (details in {path})"]
-        lines += [f"  #{j['num']} {' '.join(j['overrides'])}: {j['status']} in {j['seconds'] / 60:.1f} min"
-                  for j in jobs]
+                 f"{duration(sum(j['seconds'] for j in jobs))} (details in {path})"]
+        lines += [f"  {name(j)}: {j['status']} in {duration(j['seconds'])}" for j in jobs]
         if failed:
             lines.append("failed:")
-            lines += [f"  #{j['num']} {' '.join(j['overrides'])}: {j['error']}" for j in failed]
+            lines += [f"  {name(j)}: {j['error']}" for j in failed]
         print("\n".join(lines))
         if failed:
             sys.exit(1)
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
