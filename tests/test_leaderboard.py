@@ -99,6 +99,8 @@ def test_suite_view_groups_seeds_and_averages_tasks(tmp_path, references):
     assert "| small | 0,1 |" in markdown
     assert "vit: no normalised score (no reference for dataset 'my_photos')" in markdown
     assert "small_rope" in (tmp_path / "leaderboard.md").read_text()  # the copy beside the database is refreshed
+    as_json = json.loads(leaderboard.render(leaderboard.rows(db), "json", "suite", references))
+    assert [v["model"] for v in as_json] == ["small", "small_rope"] and as_json[0]["tasks"]["sentiment"]["seeds"] == 2
 
 
 OLD_SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
