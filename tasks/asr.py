@@ -53,13 +53,13 @@ class Features:
         n_fft = 1 << (win - 1).bit_length()  # the next power of two holding the window
         self.mel = torchaudio.transforms.MelSpectrogram(self.rate, n_fft=n_fft, win_length=win, hop_length=self.hop,
                                                         n_mels=fc.n_mels)
+        self.min_len = (ConvSubsampling.receptive_field - 1) * self.hop  # samples giving one output frame
         self.mean = torch.tensor(mean) if mean else torch.zeros(fc.n_mels)
         self.std = torch.tensor(std) if std else torch.ones(fc.n_mels)
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        min_len = (ConvSubsampling.receptive_field - 1) * self.hop
-        if len(wave) < min_len:  # shorter than the stem sees: pad with silence instead of dropping it
-            wave = F.pad(wave, (0, min_len - len(wave)))
+        if len(wave) < self.min_len:  # shorter than the stem sees: pad with silence instead of dropping it
+            wave = F.pad(wave, (0, self.min_len - len(wave)))
         return torch.log(self.mel(wave) + 1e-6).T  # (T, n_mels); the floor keeps digital silence finite
 
     def fit(self, waves: list[torch.Tensor]) -> None:
@@ -182,7 +182,7 @@ class Utterances(Dataset):
     """Features and character ids of single recordings and connected strings (kind 0 = word, 1 = connected)."""
 
     def __init__(self, task: Task, clips: list[Clip], plan: list, train: bool):
-        self.task, self.clips, self.plan, self.train = task, clips, plan, train
+        self.task, self.clips, self.plan = task, clips, plan
         self.augment = SpecAugment(task.cfg.task.augment) if train else None
         self.cache = None if train else [self.make(i) for i in range(len(plan))]  # fixed sets: featurised once
 
@@ -213,8 +213,7 @@ class TrainUtterances(Utterances):
 
     def set_epoch(self, epoch: int) -> None:
         """A new epoch's plan: shuffled, sorted by length within pools of 50 batches, batches shuffled."""
-        tc, rng = self.task.cfg.task, random.Random(self.seed * 100_003 + epoch)
-        c = tc.connected
+        c, rng = self.task.cfg.task.connected, random.Random(self.seed * 100_003 + epoch)
         plan = [([i], []) for i in range(len(self.clips))]
         plan += connected_plan(self.clips, c.train, (c.min_words, c.max_words), (c.min_pause, c.max_pause), rng)
         rng.shuffle(plan)
@@ -258,6 +257,7 @@ class Task(base.Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.vocab: list[str] = []
+        self.index: dict[str, int] = {}
         self.feats = Features(cfg.task.features)
         self.clips: dict[str, list[Clip]] = {}
         self.sets: dict[str, Utterances] = {}
@@ -277,13 +277,9 @@ class Task(base.Task):
             clips["train"] = [train[i] for i in order[tc.val_size :]]
         self.clips = clips
         # the space separates the words of connected strings even when no training transcript has one
-        self.vocab = [BLANK, UNK, *sorted({" "} | {ch for clip in clips["train"] for ch in clip.text})]
+        self.set_vocab([BLANK, UNK, *sorted({" "} | {ch for clip in clips["train"] for ch in clip.text})])
         edge, rate = tc.edge_pause, self.feats.rate
         self.feats.fit([join([clip.wave], [], edge, rate) for clip in clips["train"]])
-        short = sum(len(clip.wave) < ConvSubsampling.receptive_field * self.feats.hop for s in clips.values()
-                    for clip in s)
-        if short and not edge:
-            log.warning("%d clips are shorter than the stem's receptive field: padded with silence", short)
         counts = {"validation": c.validation, "test": c.test}
         for i, (split, n) in enumerate(counts.items()):
             if split not in clips:
@@ -347,6 +343,8 @@ class Task(base.Task):
                 continue
             try:
                 clips.append(Clip(read_audio(f.get("bytes") or f["path"], self.feats.rate), text, str(speaker)))
+                if len(clips[-1].wave) < self.feats.min_len and not self.cfg.task.edge_pause:
+                    log.warning("%s is shorter than the stem's receptive field: padded with silence", name)
             except (RuntimeError, ValueError, OSError) as e:  # torchcodec's errors for corrupt or empty files
                 log.warning("skipped unreadable audio %s (%s)", name, str(e).splitlines()[0] if str(e) else "")
         if not clips:
@@ -357,9 +355,11 @@ class Task(base.Task):
         text = " ".join(str(text or "").split())  # one space between words
         return text.lower() if self.cfg.task.lowercase else text
 
+    def set_vocab(self, vocab: list[str]) -> None:
+        self.vocab, self.index = vocab, {ch: i for i, ch in enumerate(vocab)}
+
     def encode(self, text: str) -> list[int]:
-        index = {ch: i for i, ch in enumerate(self.vocab)}
-        return [index.get(ch, 1) for ch in text]  # 1 = UNK
+        return [self.index.get(ch, 1) for ch in text]  # 1 = UNK
 
     def decode_ids(self, ids: list[int]) -> str:
         return " ".join("".join(self.vocab[i] for i in ids).split())
@@ -408,7 +408,7 @@ class Task(base.Task):
     # -- prediction ----------------------------------------------------------------------------------------------
     def load_assets(self, run_dir: Path) -> None:
         try:
-            self.vocab = json.loads((run_dir / "vocab.json").read_text())
+            self.set_vocab(json.loads((run_dir / "vocab.json").read_text()))
             stats = json.loads((run_dir / "features.json").read_text())
         except (OSError, ValueError) as e:
             raise base.UserError(f"{run_dir} lacks a readable vocab.json or features.json ({e})") from None

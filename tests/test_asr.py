@@ -16,16 +16,18 @@ from tasks.asr import ConvSubsampling, CTCRecognizer, Features, Task, greedy_dec
 from tests.conftest import ROOT, run_suite
 
 WORDS = ["one", "two", "six", "ten", "nine"]
+LETTERS = "einostwx"
 FEATURES = {"sample_rate": 8000, "n_mels": 40, "win_ms": 25, "hop_ms": 10}
 
 
 def tone_word(word: str, rate: int, speaker: int = 0, seed: int = 0) -> np.ndarray:
     """A word as one 80 ms tone per letter (pitch from the letter, shifted a little per speaker) with 20 ms gaps."""
+    word = word.lower()
     rng = np.random.default_rng(seed)
     parts = []
     for ch in word:
         t = np.arange(int(0.08 * rate)) / rate
-        freq = 250 + 110 * (ord(ch) - ord("a")) + 15 * speaker
+        freq = 300 + 400 * LETTERS.index(ch) + 15 * speaker  # 400 Hz apart: a few mel bins between letters
         parts += [0.3 * np.sin(2 * np.pi * freq * t) * np.hanning(len(t)), np.zeros(int(0.02 * rate))]
     wave = np.concatenate(parts)
     return (wave + 0.003 * rng.normal(size=len(wave))).astype(np.float32)
@@ -177,7 +179,7 @@ def test_train_and_predict_through_run_py(audio_root, tmp_path):
     args = ["task=asr", "model=tiny", "model.d_model=64", "model.d_ff=128", "model.dropout=0", "task.stem_channels=8",
             f"data.root={audio_root}", "data.dir=digits", "task.val_size=6", "task.connected.train=32",
             "task.connected.validation=4", "task.connected.test=6", "trainer.batch_size=8", "trainer.lr=3e-3",
-            "trainer.warmup_steps=20", "trainer.max_minutes=0", "trainer.max_steps=160", "trainer.eval_every=80",
+            "trainer.warmup_steps=20", "trainer.max_minutes=0", "trainer.max_steps=150", "trainer.eval_every=150",
             "trainer.log_every=20", "task.augment.n_freq_masks=0", "task.augment.n_time_masks=0"]  # masks erase tones
     out = run_suite(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -185,13 +187,12 @@ def test_train_and_predict_through_run_py(audio_root, tmp_path):
     (run_dir,) = (tmp_path / "outputs" / "runs").glob("*")
     metrics = yaml.safe_load((run_dir / "metrics.json").read_text())["metrics"]
     assert set(metrics) == {"wer", "cer", "word_wer", "word_cer"}
-    assert metrics["word_cer"] < 0.5, metrics  # the letters are distinct tones: learnt within 160 steps
+    assert metrics["word_wer"] <= 0.2 and metrics["cer"] <= 0.3, metrics  # letters are distinct tones: quickly learnt
 
     clip = write_wav(tmp_path / "six16k.wav", tone_word("six", 16000, seed=5), 16000)  # another rate than training
     out = run_suite("task=asr", "mode=predict", f"run_dir={run_dir}", f"audio={clip}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    (line,) = out.stdout.strip().splitlines()
-    assert set(line) <= set("onetwsix ")
+    assert out.stdout.strip().splitlines() == ["six"]  # resampled from 16 kHz, it reads as the 8 kHz training did
 
     listing = tmp_path / "clips.txt"
     listing.write_text(f"{clip}\tsix\n{tmp_path / 'missing.wav'}\n{clip}\tsïx\n")
