@@ -94,9 +94,15 @@ def rows(path: Path) -> list[dict]:
 # -- normalised scores --------------------------------------------------------------------------------------------
 
 
+def reference_key(row: dict) -> str:
+    """The run's data.dir (a task may record a longer dataset name, e.g. `etth1 H96 L336 patch`)."""
+    data = (row.get("config") or {}).get("data") or {}
+    return str(data.get("dir") or row.get("dataset") or "")
+
+
 def reference_for(row: dict, references: dict) -> dict | None:
     """The dataset's reference entry if this run is comparable with it (same metric present, `when` satisfied)."""
-    ref = references.get(row.get("dataset") or "")
+    ref = references.get(reference_key(row))
     if not ref or ref["metric"] not in (row.get("metrics") or {}):
         return None
     for key, expected in (ref.get("when") or {}).items():
@@ -167,7 +173,7 @@ def variant(model: str, by_column: dict[str, list[dict]], references: dict) -> d
         tasks[col] = {"task": first["task"], "dataset": first["dataset"], "metric": metric, "value": value,
                       "spread": spread, "score": score, "score_spread": score_spread, "seeds": len(group),
                       "lower_is_better": bool(ref and lower_is_better(ref)), "no_reference_why": None if ref else (
-                          f"no reference for dataset {first['dataset']!r}" if first["dataset"] not in references
+                          f"no reference for dataset {reference_key(first)!r}" if reference_key(first) not in references
                           else "run settings differ from the reference's")}
     scored = [t["score"] for t in tasks.values() if t["score"] is not None]
     mean = statistics.fmean(scored) if scored else None

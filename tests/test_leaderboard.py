@@ -40,7 +40,7 @@ def run(task: str, dataset: str, metrics: dict, model: str = "small", seed: int 
             "run_dir": None, "commit": "abc123", "config": config or {"task": {"name": task}}, **extra}
 
 
-HORIZON_96 = {"task": {"name": "forecasting", "horizon": 96}}
+HORIZON_96 = {"task": {"name": "forecasting", "horizon": 96}, "data": {"dir": "etth1", "file": "ETTh1.csv"}}
 
 
 @pytest.mark.parametrize("dataset, metric, config", [("sst2", "accuracy", None), ("etth1", "mse", HORIZON_96)])
@@ -59,9 +59,14 @@ def test_normalised_score_is_0_at_the_baseline_and_100_at_the_reference(referenc
 
 def test_runs_without_a_comparable_reference_have_no_score(references):
     assert leaderboard.normalised(run("sentiment", "my_reviews", {"accuracy": 0.9}), references) is None
-    other_horizon = {"task": {"name": "forecasting", "horizon": 192}}
+    other_horizon = {**HORIZON_96, "task": {"name": "forecasting", "horizon": 192}}
     assert leaderboard.normalised(run("forecasting", "etth1", {"mse": 0.4}, config=other_horizon), references) is None
+    own_csv = {**HORIZON_96, "data": {"dir": "etth1", "file": "/home/me/load.csv"}}
+    assert leaderboard.normalised(run("forecasting", "etth1", {"mse": 0.4}, config=own_csv), references) is None
     assert leaderboard.normalised(run("sentiment", "sst2", {"macro_f1": 0.9}), references) is None
+
+
+ETTH1 = "etth1 H96 L336 patch"  # the forecasting task names its setting with the dataset; data.dir keys the reference
 
 
 def suite_runs() -> list[dict]:
@@ -69,8 +74,8 @@ def suite_runs() -> list[dict]:
     return [run("sentiment", "sst2", {"accuracy": 0.50}, seed=0, created="2026-01-01"),  # replaced by the rerun
             run("sentiment", "sst2", {"accuracy": 0.80}, seed=0, created="2026-01-02"),
             run("sentiment", "sst2", {"accuracy": 0.78}, seed=1, created="2026-01-02"),
-            run("forecasting", "etth1", {"mse": 0.40}, seed=0, created="2026-01-02", config=HORIZON_96),
-            run("forecasting", "etth1", {"mse": 0.42}, seed=1, created="2026-01-02", config=HORIZON_96),
+            run("forecasting", ETTH1, {"mse": 0.40}, seed=0, created="2026-01-02", config=HORIZON_96),
+            run("forecasting", ETTH1, {"mse": 0.42}, seed=1, created="2026-01-02", config=HORIZON_96),
             run("sentiment", "sst2", {"accuracy": 0.75}, model="small_rope", created="2026-01-03"),
             run("vit", "my_photos", {"accuracy": 0.95}, model="small_rope", created="2026-01-03")]
 
