@@ -4,7 +4,9 @@ training), then its test WER/CER on connected digit strings and single words, an
     SUITE_DATA=/work/shared/data flock /tmp/suite-cpu-1.lock env OMP_NUM_THREADS=1 \
         python bench/asr_quality.py [extra Hydra overrides, e.g. trainer.seed=1]
 
-Targets (issue 6): single-word test WER <= 5% and connected-digit test WER <= 10%.
+Targets (issue 6): single-word test WER <= 5% and connected-digit test WER <= 10%. Measured 2026-11-24 (seed 0, one
+thread of a shared 2-core CPU, bf16, 2,660 steps / 17 epochs in 20 min): connected-digit test WER 0.0186, CER 0.0062;
+single-word test WER 0.0000 (300/300); validation connected WER 0.9911 at 3.4 min -> 0.2337 at 8.5 -> 0.0277 at 18.3.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def read_audio(source: str | bytes, rate: int) -> torch.Tensor:
         raise ValueError("no audio samples")
     wave = samples.data.mean(0)  # (N,) channels averaged
     return torchaudio.functional.resample(wave, samples.sample_rate, rate) if samples.sample_rate != rate else wave
+
+
+def reason(e: Exception) -> str:
+    """The first line of a decoding error without torchcodec's `Function, /source.cpp:N, ` prefix."""
+    return re.sub(r"^.*?\.cpp:\d+, ", "", str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 class Features:
@@ -271,10 +277,8 @@ class Task(base.Task):
             if not 0 < tc.val_size < len(train):
                 raise base.UserError(f"task.val_size={tc.val_size} must be between 1 and the {len(train)} training "
                                      f"recordings")
-            order = list(range(len(train)))
-            random.Random(0).shuffle(order)
-            clips["validation"] = [train[i] for i in order[: tc.val_size]]
-            clips["train"] = [train[i] for i in order[tc.val_size :]]
+            random.Random(0).shuffle(train)  # FSDD's rows are sorted by digit and speaker
+            clips["validation"], clips["train"] = train[: tc.val_size], train[tc.val_size :]
         self.clips = clips
         # the space separates the words of connected strings even when no training transcript has one
         self.set_vocab([BLANK, UNK, *sorted({" "} | {ch for clip in clips["train"] for ch in clip.text})])
@@ -346,7 +350,7 @@ class Task(base.Task):
                 if len(clips[-1].wave) < self.feats.min_len and not self.cfg.task.edge_pause:
                     log.warning("%s is shorter than the stem's receptive field: padded with silence", name)
             except (RuntimeError, ValueError, OSError) as e:  # torchcodec's errors for corrupt or empty files
-                log.warning("skipped unreadable audio %s (%s)", name, str(e).splitlines()[0] if str(e) else "")
+                log.warning("skipped unreadable audio %s (%s)", name, reason(e))
         if not clips:
             raise base.UserError(f"no readable recordings with transcripts in the {split} split")
         return clips
@@ -434,7 +438,7 @@ class Task(base.Task):
             try:
                 wave = read_audio(path, self.feats.rate)
             except (RuntimeError, ValueError, OSError) as e:
-                log.warning("skipped unreadable audio %s (%s)", path, str(e).splitlines()[0] if str(e) else "")
+                log.warning("skipped unreadable audio %s (%s)", path, reason(e))
                 continue
             unknown = sorted(set(ref or "") - set(self.vocab))
             if unknown:
