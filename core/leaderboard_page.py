@@ -139,7 +139,7 @@ function chart() {
   const scores = data.variants.flatMap(v => Object.values(v.tasks).map(t => t.score)).filter(s => s !== null);
   const lo = Math.max(-100, Math.min(0, ...scores)), hi = Math.min(200, Math.max(100, ...scores));
   const n = data.variants.length, barW = 22, gap = 24, left = 40, top = 10, h = 240;
-  const groupW = n * barW + gap, width = Math.max(400, left + data.columns.length * groupW + 10);
+  const groupW = Math.max(n * barW + gap, 90), width = Math.max(400, left + data.columns.length * groupW + 10);
   const y = s => top + h * (hi - Math.max(lo, Math.min(hi, s))) / (hi - lo);
   const svg = el("svg:svg", {width: width, height: top + h + 40 + 18 * n, id: "score-chart", role: "img"});
   for (const tick of [lo, 0, 50, 100, hi].filter((t, i, a) => a.indexOf(t) === i && t >= lo && t <= hi)) {
@@ -147,7 +147,7 @@ function chart() {
     svg.append(el("svg:text", {x: left - 4, y: y(tick) + 4, "text-anchor": "end"}, String(Math.round(tick))));
   }
   data.columns.forEach((c, g) => {
-    const x0 = left + g * groupW + gap / 2;
+    const x0 = left + g * groupW + (groupW - n * barW) / 2;
     data.variants.forEach((v, i) => {
       const t = v.tasks[c];
       if (!t || t.score === null) return;
