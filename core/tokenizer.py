@@ -27,7 +27,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiec
                                             special_tokens=specials)
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        # line breaks (dialogue turns) are tokens of their own: no merge may span "pizza.\nBen:"
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"),
+                                                     pre_tokenizers.Metaspace()])
         tok.decoder = decoders.Metaspace()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
     else:

@@ -1,0 +1,173 @@
+"""Translation and summarisation: metrics as the libraries compute them, learning end to end through run.py,
+prediction order and empty inputs, truncation warnings, and dialogue files."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import sacrebleu
+from hydra import compose, initialize_config_dir
+from rouge_score import rouge_scorer
+
+from core.task import UserError
+from tests.conftest import ROOT, run_suite
+
+EN_DE = {"a": "ein", "man": "mann", "woman": "frau", "dog": "hund", "cat": "katze", "big": "großer",
+         "small": "kleiner", "runs": "rennt", "sleeps": "schläft", "sees": "sieht", "the": "den", "ball": "ball"}
+TRAIN_PAIRS = [("a man runs.", "ein mann rennt."), ("a dog sleeps.", "ein hund schläft."),
+               ("a big cat sees the ball.", "ein großer katze sieht den ball."),
+               ("a small woman sees the dog.", "ein kleiner frau sieht den hund."),
+               ("a woman runs.", "ein frau rennt."), ("a cat sleeps.", "ein katze schläft.")]
+
+
+def write_multi30k(root: Path, n_train: int = 96) -> Path:
+    """<root>/multi30k_en_de/{train,validation,test}.jsonl with Multi30k's fields {id, src, tgt}."""
+    folder = root / "multi30k_en_de"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {"train": TRAIN_PAIRS * (n_train // len(TRAIN_PAIRS)), "validation": TRAIN_PAIRS, "test": TRAIN_PAIRS}
+    for split, pairs in rows.items():
+        (folder / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"id": i, "src": s, "tgt": t}) + "\n" for i, (s, t) in enumerate(pairs)))
+    return root
+
+
+def write_samsum(root: Path, n: int = 40, seed: int = 0) -> Path:
+    """<root>/samsum/{train,validation,test}.jsonl with SAMSum's fields {id, document, summary}."""
+    rng = random.Random(seed)
+    folder = root / "samsum"
+    folder.mkdir(parents=True, exist_ok=True)
+    names, things = ["Anna", "Ben", "Cleo", "Dan"], ["cookies", "tickets", "flowers", "pizza"]
+    for split, size in (("train", n), ("validation", 8), ("test", 8)):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for i in range(size):
+                a, b = rng.sample(names, 2)
+                thing = rng.choice(things)
+                doc = f"{a}: I bought {thing}.\n{b}: Great, bring some!\n{a}: Sure, tomorrow."
+                f.write(json.dumps({"id": str(i), "document": doc, "summary": f"{a} will bring {b} {thing}."}) + "\n")
+    return root
+
+
+def compose_task(name: str, *overrides: str):
+    from core.task import load_task
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return load_task(compose("config", overrides=[f"task={name}", "model=tiny", *overrides]))
+
+
+def test_bleu_and_chrf_are_sacrebleu_on_the_same_strings():
+    hyps = ["ein mann rennt .", "eine frau schläft", "zwei hunde spielen im schnee"]
+    refs = ["ein mann rennt.", "eine frau schläft auf dem sofa", "zwei hunde spielen im schnee"]
+    metrics = compose_task("translation").compute_metrics(list(zip(hyps, refs)))
+    assert metrics["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert metrics["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert 0 < metrics["bleu"] < 100
+
+
+def test_rouge_is_rouge_score_with_stemming_in_percent():
+    hyps = ["Anna will bring cookies to Ben.", "Dan is running late"]
+    refs = ["Anna brings Ben cookies tomorrow.", "Dan runs late for the meeting."]
+    metrics = compose_task("summarization").compute_metrics(list(zip(hyps, refs)))
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    direct = [scorer.score(r, h) for h, r in zip(hyps, refs)]
+    for key in ("rouge1", "rouge2", "rougeL"):
+        assert metrics[key] == pytest.approx(100 * sum(d[key].fmeasure for d in direct) / len(direct))
+    assert metrics["rouge1"] > 0  # "runs" and "running" meet through the stemmer
+
+
+@pytest.fixture(scope="module")
+def translation_run(tmp_path_factory):
+    """A tiny model trained through run.py until it reproduces its six training pairs."""
+    work = tmp_path_factory.mktemp("translation")
+    root = write_multi30k(work / "data")
+    out = run_suite("task=translation", "model=tiny", "model.dropout=0", f"data.root={root}", "trainer.lr=3e-3",
+                    "trainer.batch_size=8", "trainer.max_steps=240", "trainer.warmup_steps=20", "trainer.max_minutes=0",
+                    "trainer.eval_every=80", "trainer.log_every=20", "task.label_smoothing=0", cwd=work, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_dir = Path(out.stdout.split("run saved in ")[-1].split(" (")[0])
+    return work, run_dir, out.stdout
+
+
+def test_translation_learns_its_pairs_and_scores_them_exactly(translation_run):
+    _, run_dir, stdout = translation_run
+    assert "test bleu 100.0000" in stdout
+    assert (run_dir / "tokenizer.json").is_file() and (run_dir / "model.safetensors").is_file()
+
+
+def test_predict_keeps_order_and_gives_empty_lines_for_empty_inputs(translation_run, tmp_path):
+    work, run_dir, _ = translation_run
+    inputs = tmp_path / "in.en"
+    inputs.write_text("a dog sleeps.\n\na man runs.\n   \na small woman sees the dog.\n")
+    out = run_suite("mode=predict", "task=translation", f"run_dir={run_dir}", f"input={inputs}", cwd=work)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:5] == ["ein hund schläft.", "", "ein mann rennt.", "",
+                                          "ein kleiner frau sieht den hund."]
+
+
+def test_predict_warns_and_counts_truncated_sources(translation_run):
+    work, run_dir, _ = translation_run
+    long = " ".join(["a big cat sees the ball."] * 30)  # ~180 tokens; the saved run's limit is 128
+    out = run_suite("mode=predict", "task=translation", f"run_dir={run_dir}", f"text={long}", cwd=work)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "1 of 1 inputs were longer than task.max_source_len=128" in out.stdout + out.stderr
+    assert out.stdout.strip()  # still translated (its first 31 tokens)
+
+
+def test_predict_with_a_run_of_another_task_names_that_task(translation_run, tmp_path):
+    work, run_dir, _ = translation_run
+    out = run_suite("mode=predict", "task=summarization", f"run_dir={run_dir}", "text=hello", cwd=work)
+    assert out.returncode == 2 and "holds a translation model" in out.stderr and "task=translation" in out.stderr
+
+
+def test_batches_are_grouped_by_length(tmp_path):
+    root = tmp_path / "data"
+    folder = root / "multi30k_en_de"
+    folder.mkdir(parents=True)
+    rng = random.Random(0)
+    words = list(EN_DE)
+    rows = [" ".join(rng.choices(words, k=rng.randint(2, 40))) for _ in range(512)]
+    for split in ("train", "validation", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"id": i, "src": s, "tgt": s}) + "\n"
+                                                       for i, s in enumerate(rows)))
+    task = compose_task("translation", f"data.root={root}", "trainer.batch_size=16")
+    task.prepare(tmp_path / "run", is_main=True)
+    def padding_ratio(batches) -> float:
+        pads = sum((b["input_ids"] == task.tokenizer.pad_token_id).sum().item() for b in batches)
+        return pads / sum(b["attention_mask"].sum().item() for b in batches)
+
+    grouped = padding_ratio(task.dataloader("train", train=True))
+    rows = list(task.data["train"])
+    shuffled = [task.collate(rows[i : i + 16]) for i in range(0, len(rows), 16)]  # the file order is random
+    assert grouped < 0.5 * padding_ratio(shuffled)
+
+
+def test_summarization_reads_dialogues_separated_by_blank_lines(tmp_path):
+    path = tmp_path / "dialogues.txt"
+    path.write_text("Anna: hi\nBen: hello\n\n\nCleo: pizza?\r\nDan: yes\n")
+    task = compose_task("summarization", f"input={path}")
+    assert task.read_inputs() == ["Anna: hi\nBen: hello", "Cleo: pizza?\nDan: yes"]
+    assert compose_task("summarization", "text=Anna: hi\\nBen: hello").read_inputs() == ["Anna: hi\nBen: hello"]
+    with pytest.raises(UserError, match="not found"):
+        compose_task("summarization", f"input={tmp_path / 'missing.txt'}").read_inputs()
+
+
+def test_summarization_trains_and_summarises_through_run_py(tmp_path):
+    root = write_samsum(tmp_path / "data")
+    out = run_suite("task=summarization", "model=tiny", f"data.root={root}", "trainer.batch_size=8",
+                    "trainer.max_steps=30", "trainer.max_minutes=0", "trainer.eval_every=15",
+                    "task.generation.max_new_tokens=12", "task.generation.num_beams=2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "rouge1" in out.stdout and "rougeL" in out.stdout
+    run_dir = Path(out.stdout.split("run saved in ")[-1].split(" (")[0])
+    dialogues = tmp_path / "in.txt"
+    dialogues.write_text("Anna: I bought pizza.\nBen: Great!\n\nCleo: hi\nDan: hi\n")
+    pred = run_suite("mode=predict", "task=summarization", f"run_dir={run_dir}", f"input={dialogues}", cwd=tmp_path)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    assert len(pred.stdout.rstrip("\n").split("\n")) == 2  # one summary per dialogue
+
+
+def test_generation_lengths_are_validated():
+    with pytest.raises(UserError, match="task.generation"):
+        compose_task("translation", "task.generation.num_beams=four")
+    task = compose_task("summarization")
+    assert task.generation.max_new_tokens == 80 and task.generation.no_repeat_ngram_size == 3
