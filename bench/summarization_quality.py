@@ -1,0 +1,53 @@
+"""SAMSum quality benchmark: the default `python run.py task=summarization` (from scratch, at most 60 minutes of
+training), then its test ROUGE-1/2/L as recorded, the validation curve, and three test dialogues with their
+reference and generated summaries (decoded again through `mode=predict`, the path a user takes).
+
+    SUITE_DATA=../shared/data python bench/summarization_quality.py [extra Hydra overrides]
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> str:
+    cmd = [sys.executable, str(ROOT / "run.py"), *args]
+    print("$", " ".join(cmd[1:]), flush=True)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(out.stderr[-3000:])
+    return out.stdout
+
+
+def main() -> None:
+    data = Path(os.environ.get("SUITE_DATA", "../shared/data")) / "samsum"
+    stdout = run("task=summarization", f"data.root={data.parent}", *sys.argv[1:])
+    run_dir = Path(stdout.split("run saved in ")[-1].split(" (")[0])
+    m = yaml.safe_load((run_dir / "metrics.json").read_text())
+    r = m["metrics"]
+    print(f"SAMSum test ROUGE-1 {r['rouge1']:.2f} (target >= 30)  ROUGE-2 {r['rouge2']:.2f}  "
+          f"ROUGE-L {r['rougeL']:.2f} (target >= 27)")
+    print(f"training {m['train_seconds'] / 60:.1f} min (budget 60), {m['samples_per_second']:.1f} samples/s, "
+          f"{m['params']:,} parameters, {m['device']}, {m['steps']} steps (best at {m['best_step']})")
+    for line in (run_dir / "history.jsonl").read_text().splitlines():
+        h = json.loads(line)
+        print(f"  step {h['step']:>6}  {h['elapsed'] / 60:5.1f} min  val ROUGE-1/2/L (greedy) "
+              f"{h['val/rouge1']:.2f} / {h['val/rouge2']:.2f} / {h['val/rougeL']:.2f}")
+    test = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()[:3]]
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n\n".join(row["document"].replace("\r\n", "\n") for row in test) + "\n")
+    summaries = run("mode=predict", "task=summarization", f"run_dir={run_dir}", f"input={f.name}").splitlines()
+    for row, summary in zip(test, summaries):
+        print(f"\n{row['document']}\n  reference: {row['summary']}\n  generated: {summary}")
+    print(f"\nrun {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
