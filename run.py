@@ -137,7 +137,8 @@ def references(cfg: DictConfig) -> dict:
 def show_leaderboard(cfg: DictConfig) -> None:
     """Print the leaderboard in the chosen view and format; `html` writes one page and prints where."""
     lb = cfg.leaderboard
-    if lb.view not in ("suite", "runs"):
+    view = lb.view or ("runs" if lb.format == "json" else "suite")  # JSON: the per-run rows scripts read
+    if view not in ("suite", "runs"):
         raise UserError(f"leaderboard.view={lb.view!r}: choose suite (one row per model variant) or runs")
     if lb.format not in ("table", "markdown", "json", "html"):
         raise UserError(f"leaderboard.format={lb.format!r}: choose table, markdown, json or html")
@@ -146,7 +147,7 @@ def show_leaderboard(cfg: DictConfig) -> None:
         page = leaderboard_page.write(Path(lb.output or Path(lb.path).with_suffix(".html")), runs, references(cfg))
         print(f"leaderboard page written to {page.resolve()} ({len(runs)} runs)")
     else:
-        print(leaderboard.render(runs, lb.format, lb.view, references(cfg)))
+        print(leaderboard.render(runs, lb.format, view, references(cfg)))
 
 
 def model_variant(cfg: DictConfig) -> str:

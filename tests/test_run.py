@@ -20,7 +20,7 @@ def runs_in(workdir: Path) -> list[Path]:
 
 
 def leaderboard_json(workdir: Path) -> list[dict]:
-    out = run_suite("mode=leaderboard", "leaderboard.view=runs", "leaderboard.format=json", cwd=workdir)
+    out = run_suite("mode=leaderboard", "leaderboard.format=json", cwd=workdir)  # per-run rows by default
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
