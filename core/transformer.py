@@ -11,6 +11,8 @@ Masks:   a padding mask is bool (B, S), True at real tokens; attention masks pas
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -58,12 +60,52 @@ def reference_attention(q, k, v, mask=None):
     return scores.softmax(dim=-1) @ v  # (B, H, T, Dh)
 
 
-def attend(q, k, v, mask=None, causal=False, dropout=0.0):
+@dataclass
+class AttentionRecord:
+    """The probabilities of one attention call, kept by `record_attention`."""
+
+    kind: str  # "self" (SelfAttention) or "cross" (CrossAttention: decoder queries over the encoder output)
+    probs: torch.Tensor  # (B, H, T, S) float32 softmax(QK^T / sqrt(Dh)) after masks; each row sums to 1
+
+
+_recorded: list[AttentionRecord] | None = None  # set only inside `record_attention()`
+
+
+@contextmanager
+def record_attention() -> Iterator[list[AttentionRecord]]:
+    """Inside this block every `attend` call also appends its probabilities to the yielded list, in call order.
+
+    The fused kernel never materialises them, so they are recomputed by the explicit formula (masks, causality and
+    rotary positions are all applied before `attend`, so they hold here too). Outside the block: one `is None` test.
+    """
+    global _recorded
+    outer, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = outer
+
+
+def attention_probs(q, k, mask=None, causal=False) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k)) in float32 with `attend`'s masking: (B, H, T, S)."""
+    scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
+    if causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def attend(q, k, v, mask=None, causal=False, dropout=0.0, kind="self"):
     """Scaled dot-product attention of q (B, H, T, Dh) over k, v (B, H, S, Dh); mask broadcasts to (B, H, T, S).
 
     PyTorch's fused kernel (`F.scaled_dot_product_attention`) everywhere except bfloat16/float16 on the CPU, where
     its backward pass is slower than the same maths as three plain matmuls (1.6x here: bench/attention_cpu.py).
+    `kind` only tags what `record_attention` keeps.
     """
+    if _recorded is not None:
+        _recorded.append(AttentionRecord(kind, attention_probs(q, k, mask, causal).detach()))
     if q.device.type != "cpu" or q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, S)
@@ -168,7 +210,7 @@ class CrossAttention(nn.Module):
         q = self.q(x).view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, T, Dh)
         k, v = memory_kv
         dropout = self.attn_dropout if self.training else 0.0
-        y = attend(q, k, v, memory_mask, dropout=dropout)  # (B, H, T, Dh)
+        y = attend(q, k, v, memory_mask, dropout=dropout, kind="cross")  # (B, H, T, Dh)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
