@@ -2,6 +2,7 @@
 
     python run.py task=sentiment                          train, evaluate, record in the leaderboard
     python run.py task=sentiment mode=predict run_dir=DIR text="a gripping, funny film"
+    python run.py mode=attention run_dir=DIR [out=PNG] [text=...]   what attention looks at on one test example
     python run.py -m 'task=glob(*)' [model=small,small_rope]   every task in turn, failures listed at the end
     python run.py mode=leaderboard [leaderboard.view=suite|runs] [leaderboard.format=table|markdown|json|html]
 """
@@ -28,11 +29,12 @@ from core.task import UserError, device_name, load_task, load_weights
 
 log = logging.getLogger("run")
 PREDICT_KEYS_FROM_SAVED = ("task", "model", "data", "trainer")  # what a saved run fixes; the rest comes from the CLI
+INPUT_KEYS = ("text", "input", "audio", "image", "csv")  # mode=attention draws one of these instead of a test example
 
 
 def suite_run_dir(mode: str, run_dir: str | None, task: str, model: str) -> str:
     """Where Hydra puts this job: a fresh timestamped folder for training, the given run to resume it."""
-    if mode != "train":  # predict and leaderboard write nothing: Hydra must not create a folder at run_dir
+    if mode != "train":  # predict, attention and leaderboard write nothing: Hydra must not create a folder at run_dir
         return "outputs"
     if run_dir:
         return str(run_dir)
@@ -51,6 +53,13 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
     for name in ("accelerate", "datasets", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def log_to_stderr() -> None:
+    """Move Hydra's console log (stdout in conf/config.yaml) to stderr, so stdout holds only what the mode prints."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -110,10 +119,10 @@ def train(cfg: DictConfig) -> dict:
     return result
 
 
-def predict(cfg: DictConfig) -> None:
-    """Reload a saved run and print one line per input."""
+def load_saved_run(cfg: DictConfig):
+    """The task and model of the saved run at `run_dir`, its task, model, data and trainer settings as saved."""
     if not cfg.run_dir:
-        raise UserError("mode=predict needs run_dir=<a saved run folder>")
+        raise UserError(f"mode={cfg.mode} needs run_dir=<a saved run folder>")
     run_dir = Path(cfg.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a saved run (no config.yaml); point run_dir at a folder under outputs/")
@@ -121,12 +130,27 @@ def predict(cfg: DictConfig) -> None:
     chosen = [o.split("=", 1)[1] for o in HydraConfig.get().overrides.task if o.startswith("task=")]
     if chosen and chosen[0] != saved.task.name:
         raise UserError(f"{run_dir} holds a {saved.task.name} model, not {chosen[0]}: use task={saved.task.name}")
+    if saved.task.name != cfg.task.name:  # no task= given: compose the saved task's config (its keys, its defaults)
+        cfg = hydra.compose("config", overrides=[*HydraConfig.get().overrides.task, f"task={saved.task.name}"])
     merged = OmegaConf.merge(cfg, {k: saved[k] for k in PREDICT_KEYS_FROM_SAVED if k in saved})
     task = load_task(merged)
     task.load_assets(run_dir)
-    model = load_weights(task.build_model(), run_dir)
+    return task, load_weights(task.build_model(), run_dir), run_dir
+
+
+def predict(cfg: DictConfig) -> None:
+    """Reload a saved run and print one line per input."""
+    task, model, _ = load_saved_run(cfg)
     for line in task.predict(model, task.read_inputs()):
         print(line)
+
+
+def attention(cfg: DictConfig) -> None:
+    """Reload a saved run and draw what its attention looks at on one input (the first test example by default)."""
+    task, model, run_dir = load_saved_run(cfg)
+    inputs = task.read_inputs() if any(cfg.get(key) for key in INPUT_KEYS) else None
+    path = task.attention(model, inputs, Path(cfg.out or run_dir / "attention.png"))
+    print(f"attention picture written to {path.resolve()}")
 
 
 def references(cfg: DictConfig) -> dict:
@@ -167,15 +191,19 @@ def code_version() -> str | None:
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
+    if cfg.mode in ("predict", "attention"):
+        log_to_stderr()
     try:
         if cfg.mode == "leaderboard":
             show_leaderboard(cfg)
         elif cfg.mode == "predict":
             predict(cfg)
+        elif cfg.mode == "attention":
+            attention(cfg)
         elif cfg.mode == "train":
             train(cfg)
         else:
-            raise UserError(f"mode={cfg.mode!r}: choose train, predict or leaderboard")
+            raise UserError(f"mode={cfg.mode!r}: choose train, predict, attention or leaderboard")
     except UserError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # core.suite.SuiteReport prints it, lets the sweep go on and lists it at the end

@@ -107,6 +107,11 @@ class Task:
         """One printable line per input."""
         raise NotImplementedError
 
+    def attention(self, model: nn.Module, inputs: list | None, path: Path) -> Path:
+        """Draw what attention looks at on the first input (`inputs` from `read_inputs`; None: the first test
+        example) into the PNG `path`, and return it. Tasks without such a picture keep this default."""
+        raise UserError(f"task {self.cfg.task.name} has no attention picture")
+
     def read_inputs(self) -> list:
         """Inputs for `mode=predict`: `text=...` (one input) or `input=<file>` (one input per line)."""
         if self.cfg.get("input"):
