@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jiwer
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
@@ -23,8 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from core import task as base
+from core.attention import attention_strip, last_layer, panels_with_strip, save
 from core.data import local_folder
-from core.transformer import Encoder, TransformerConfig, init_weights
+from core.transformer import Encoder, TransformerConfig, init_weights, record_attention
 
 log = logging.getLogger(__name__)
 BLANK, UNK = "<blank>", "⁇"  # CTC blank (index 0) and the symbol of characters outside the vocabulary (index 1)
@@ -462,3 +464,32 @@ class Task(base.Task):
             lines.append(f"WER {jiwer.wer(list(refs), list(hs)):.4f}  CER {jiwer.cer(list(refs), list(hs)):.4f} over "
                          f"{len(scored)} file(s) with a reference")
         return lines
+
+    @torch.no_grad()
+    def attention(self, model, inputs: list[tuple[str, str | None]] | None, path: Path) -> Path:
+        """The log-mel spectrogram and, under it on the same time axis, the attention each encoder frame receives
+        (last layer, mean over queries and heads), titled with the transcript."""
+        if inputs is None:
+            clip = self._read_splits()["test"][0]
+            wave, name = clip.wave, f"test recording 0, reference {clip.text!r}"
+        else:
+            try:
+                wave, name = read_audio(inputs[0][0], self.feats.rate), Path(inputs[0][0]).name
+            except (RuntimeError, ValueError, OSError) as e:
+                raise base.UserError(f"cannot read audio {inputs[0][0]} ({reason(e)}); give a WAV/FLAC/MP3 "
+                                     f"file") from None
+        feats = self.feats(join([wave], [], self.cfg.task.edge_pause, self.feats.rate))  # (T, n_mels)
+        with record_attention() as records:
+            out = model(features=feats[None], feature_lengths=torch.tensor([len(feats)]))
+        hyp = self.decode_ids(greedy_decode(out["log_probs"], out["lengths"])[0])
+        received = last_layer(records).mean(0).numpy()  # (S,): mean over the queries of the heads' mean
+        hop = self.feats.hop / self.feats.rate  # seconds between input frames; an encoder frame is 4 of them
+        fig, top, strip = panels_with_strip(f"transcript {hyp!r} ({name}): log-mel spectrogram, and the attention "
+                                            f"each encoder frame receives (last layer, mean over queries and heads)")
+        top.imshow(feats.T.numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, len(feats) * hop, 0,
+                                                                                         feats.size(1)))
+        top.set_ylabel("mel bin")
+        frames = np.arange(len(received))
+        attention_strip(strip, (4 * frames + 1) * hop, np.full(len(frames), 4 * hop), received, "attention\nreceived")
+        strip.set_xlabel("time (s); each bar is one encoder frame over the input frames at its centre")
+        return save(fig, path)

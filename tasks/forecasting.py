@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from core import task as base
-from core.transformer import Encoder, EncoderDecoder, TransformerConfig, init_weights
+from core.attention import attention_strip, last_layer, panels_with_strip, save, shade_by_step
+from core.transformer import Encoder, EncoderDecoder, TransformerConfig, init_weights, record_attention
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -344,6 +345,50 @@ class Task(base.Task):
             lines.append(f"backtest on the last {H} rows (scaled): mse {np.mean((scaled - pred) ** 2):.4f} "
                          f"mae {np.mean(np.abs(scaled - pred)):.4f}")
         return lines
+
+    @torch.no_grad()
+    def attention(self, model, inputs: list | None, path: Path) -> Path:
+        """The last target channel's input window (the first test window, or the CSV's last L rows), shaded by the
+        attention each patch receives (last encoder layer, mean over queries and heads), then forecast and truth."""
+        tc, L, H = self.cfg.task, self.cfg.task.lookback, self.cfg.task.horizon
+        if inputs is None:
+            _, frame, _ = read_series(self.path(), self.cfg.data)
+            borders = self.cfg.data.get("borders")
+            start = split_rows(len(frame), list(borders) if borders else None, L)["test"][0]
+            rows = frame.to_numpy(np.float64)[start : start + L + H]
+        else:
+            rows = inputs[0][1].to_numpy(np.float64)[-L:]
+        if len(rows) < L:
+            raise base.UserError(f"the series has {len(rows)} rows, fewer than the L = {L} the model reads")
+        with record_attention() as records:
+            pred = model(past=torch.as_tensor(self.scaler.transform(rows[:L]), dtype=torch.float32)[None])
+        name = self.targets[-1]
+        c = self.inputs.index(name)
+        if tc.architecture == "patch":  # channel c is sequence c of the batch; its tokens are overlapping patches
+            weights, size, stride = last_layer(records, index=c), tc.patch_len, tc.patch_stride
+        else:  # the encoder's calls come first; its tokens are single steps
+            weights, size, stride = last_layer(records[: self.model_cfg.n_layers]), 1, 1
+        received = weights.mean(0).numpy()  # (N,)
+        starts = np.arange(len(received)) * stride
+        per_step, count = np.zeros(L), np.zeros(L)
+        for a, r in zip(starts, received):  # a step's shade: the mean over the patches holding it
+            per_step[a : a + size] += r
+            count[a : a + size] += 1
+        token = "patch" if size > 1 else "step"
+        fig, top, strip = panels_with_strip(f"{name}: input window shaded by the attention each {token} receives "
+                                            f"(last encoder layer, mean over queries and heads)")
+        forecast = self.scaler.inverse(pred["prediction"][0, :, self.targets.index(name)].double().numpy(), [c])
+        top.plot(np.arange(-L, 0), rows[:L, c], color="0.2", lw=1, label="input")
+        if len(rows) == L + H:
+            top.plot(np.arange(H), rows[L:, c], color="tab:green", lw=1, label="truth")
+        top.plot(np.arange(H), forecast, color="tab:red", lw=1.2, label="forecast")
+        shade_by_step(top, per_step / np.maximum(count, 1), x0=-L)
+        top.legend(loc="upper left", ncol=3, fontsize=8)
+        top.set_xlim(-L - 1, H)
+        centres = starts + size / 2 - L
+        attention_strip(strip, centres - stride / 2, np.full(len(received), stride), received, "attention\nreceived")
+        strip.set_xlabel("step (0 = first forecast step); one bar per token at its centre")
+        return save(fig, path)
 
 
 def continue_dates(dates: pd.DatetimeIndex, steps: int) -> pd.DatetimeIndex:

@@ -15,9 +15,10 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
 
 from core import task as base
+from core.attention import last_layer, token_heatmap
 from core.data import drop_empty, load_splits
 from core.tokenizer import train_tokenizer
-from core.transformer import Encoder, TokenEmbedding, TransformerConfig, init_weights
+from core.transformer import Encoder, TokenEmbedding, TransformerConfig, init_weights, record_attention
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +172,18 @@ class Task(base.Task):
                 conf, i = p.max(-1)
                 lines.append(f"{self.labels[i]}\t{conf:.3f}\t{text}")
         return lines
+
+    @torch.no_grad()
+    def attention(self, model, inputs: list[str] | None, path: Path) -> Path:
+        """Token x token self-attention of the last encoder layer (mean over heads), titled with the prediction."""
+        if inputs is None:  # the first non-empty test sentence
+            inputs = drop_empty(load_splits(self.cfg.data), "text")["test"][:1]["text"]
+        if not inputs or not inputs[0].strip():
+            raise base.UserError("the text to draw attention for is empty; give text=\"...\"")
+        enc = self.tokenizer(inputs[:1], truncation=True, max_length=self.cfg.task.max_len, return_tensors="pt")
+        with record_attention() as records:
+            probs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])["logits"].softmax(-1)[0]
+        tokens = self.tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
+        conf, i = probs.max(-1)
+        title = f"{self.labels[i]} ({conf:.2f}): last encoder layer's self-attention, mean over heads"
+        return token_heatmap(last_layer(records), tokens, tokens, title, path)

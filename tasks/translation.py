@@ -17,11 +17,14 @@ from transformers import PreTrainedTokenizerFast
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from core import task as base
+from core.attention import last_layer, token_heatmap
 from core.data import drop_empty, load_splits
 from core.seq2seq import GenerationConfig, Seq2SeqTransformer
 from core.tokenizer import train_tokenizer
+from core.transformer import record_attention
 
 log = logging.getLogger(__name__)
+SHOWN_SOURCE_TOKENS = 60  # the attention picture's columns stay legible up to about this many
 
 
 class Task(base.Task):
@@ -139,6 +142,35 @@ class Task(base.Task):
             for j, hyp in zip(chunk, hyps):
                 outputs[keep[j]] = hyp
         return outputs
+
+    @torch.no_grad()
+    def attention(self, model, inputs: list[str] | None, path: Path) -> Path:
+        """Source-target alignment: the last decoder layer's cross-attention (mean over heads) of the greedy output
+        over the source tokens; a long source (a dialogue) is shown up to its first SHOWN_SOURCE_TOKENS tokens."""
+        if inputs is None:  # the first non-empty test source
+            inputs = drop_empty(load_splits(self.cfg.data), "source")["test"][:1]["source"]
+        if not inputs or not inputs[0].strip():
+            raise base.UserError('the source to draw attention for is empty; give text="..."')
+        (ids,), _ = self.encode_sources(inputs[:1])
+        src = torch.tensor([ids])
+        mask = torch.ones_like(src, dtype=torch.bool)
+        gen = GenerationConfig(**{**vars(self.generation), "num_beams": 1})
+        out = model.generate(src, mask, gen)[0]
+        ended = len(out) < gen.max_new_tokens  # else it stopped at the cap, without EOS
+        rows = out + [model.eos_id] if ended else out
+        with record_attention() as records:  # teacher-forced on the greedy output: the same attention, in one pass
+            model(input_ids=src, attention_mask=mask, decoder_input_ids=torch.tensor([[model.bos_id] + rows[:-1]]))
+        weights = last_layer(records, "cross")  # (T, S): row t is the query that produced output token t
+        shown = min(len(ids), SHOWN_SOURCE_TOKENS)
+        title = "last decoder layer's cross-attention (mean over heads) of the greedy output"
+        if shown < len(ids):
+            title += f"\nsource cut to its first {shown} of {len(ids)} tokens for legibility"
+        return token_heatmap(weights[:, :shown], self.tokens(rows), self.tokens(ids[:shown]), title, path,
+                             row_label="output token", col_label="source token")
+
+    def tokens(self, ids: list[int]) -> list[str]:
+        """Subword tokens as axis labels; a line break (a dialogue turn) shown as a visible symbol."""
+        return [t.replace("\n", "↵") for t in self.tokenizer.convert_ids_to_tokens(ids)]
 
 
 def pad_right(seqs: list[list[int]], value: int, multiple: int = 8) -> torch.Tensor:

@@ -353,6 +353,18 @@ class Task(base.Task):
             lines.append(f"attention maps of {n} image(s) written to {out}")
         return lines
 
+    @torch.no_grad()
+    def attention(self, model, inputs: list[Path] | None, path: Path) -> Path:
+        """Attention rollout over the patches of one image (`image=` or the first test image), beside the image."""
+        if inputs is None:
+            images, _ = self._read_splits()["test"]
+            image, name = images[:1].float() / 255, "test image 0"
+        else:
+            image, name = self.load_image(inputs[0])[None], inputs[0].name
+        label = self.labels[model(images=image)["logits"].argmax(-1).item()]
+        save_attention_png(image, attention_maps(model, image), [f"{name[:14]}: {label}"], path, scale=10)
+        return path
+
 
 def slug(name: str) -> str:
     """A class name as a metric key: `T-shirt/top` -> `t_shirt_top`."""
