@@ -3,6 +3,7 @@ prediction order and empty inputs, truncation warnings, and dialogue files."""
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,26 @@ def test_generation_lengths_are_validated():
         compose_task("translation", "task.generation.num_beams=four")
     task = compose_task("summarization")
     assert task.generation.max_new_tokens == 80 and task.generation.no_repeat_ngram_size == 3
+
+
+def test_two_processes_score_every_test_pair_exactly_once(tmp_path):
+    """torchrun with 2 processes over 7 test pairs (uneven shards): the run's test BLEU/chrF equal the saved model's
+    predictions scored once each in one process (float32 on both sides, so the decoding is the same)."""
+    root = write_multi30k(tmp_path / "data")
+    test = TRAIN_PAIRS + [("a big dog runs.", "ein großer hund rennt.")]
+    (root / "multi30k_en_de" / "test.jsonl").write_text(
+        "".join(json.dumps({"id": i, "src": s, "tgt": t}) + "\n" for i, (s, t) in enumerate(test)))
+    out = run_suite("task=translation", "model=tiny", f"data.root={root}", "trainer.batch_size=8",
+                    "trainer.max_steps=40", "trainer.eval_every=20", "trainer.max_minutes=0",
+                    "trainer.eval_batch_size=2", "trainer.mixed_precision=no", f"hydra.run.dir={tmp_path / 'run'}",
+                    cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
+                    launcher=[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"], timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("test bleu")]
+    sources = tmp_path / "test.en"
+    sources.write_text("\n".join(s for s, _ in test) + "\n")
+    pred = run_suite("mode=predict", f"run_dir={tmp_path / 'run'}", f"input={sources}", cwd=tmp_path)
+    hyps = pred.stdout.split("\n")[: len(test)]
+    refs = [t for _, t in test]
+    bleu, chrf = sacrebleu.corpus_bleu(hyps, [refs]).score, sacrebleu.corpus_chrf(hyps, [refs]).score
+    assert line == f"test bleu {bleu:.4f}  chrf {chrf:.4f}"
