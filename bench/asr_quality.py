@@ -1,8 +1,7 @@
 """FSDD speech-recognition benchmark: the default `python run.py task=asr` (from scratch, at most 20 minutes of
 training), then its test WER/CER on connected digit strings and single words, and the validation curve.
 
-    SUITE_DATA=/work/shared/data flock /tmp/suite-cpu-1.lock env OMP_NUM_THREADS=1 \
-        python bench/asr_quality.py [extra Hydra overrides, e.g. trainer.seed=1]
+    SUITE_DATA=../shared/data python bench/asr_quality.py [extra Hydra overrides, e.g. trainer.seed=1]
 
 Targets (issue 6): single-word test WER <= 5% and connected-digit test WER <= 10%. Measured 2026-11-24 (seed 0, one
 thread of a shared 2-core CPU, bf16, 2,660 steps / 17 epochs in 20 min): connected-digit test WER 0.0186, CER 0.0062;
