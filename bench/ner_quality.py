@@ -1,7 +1,7 @@
 """CoNLL-2003 NER quality benchmark: the default `python run.py task=ner` (from scratch, at most 30 minutes of
 training), then its test entity F1 overall and per type, the validation F1 curve, training time and throughput.
 
-    SUITE_DATA=../shared/data python bench/ner_quality.py [extra Hydra overrides, e.g. task.decoder=crf task.char_features=false]
+    SUITE_DATA=../shared/data python bench/ner_quality.py [overrides, e.g. task.decoder=crf task.char_features=false]
 """
 
 import json

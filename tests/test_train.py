@@ -1,8 +1,8 @@
 """The training loop, saved models and the leaderboard, in process (no subprocess start-up)."""
 
 import json
-import time
 import multiprocessing as mp
+import time
 
 import pytest
 import torch
