@@ -25,9 +25,10 @@ from transformers import PreTrainedTokenizerFast
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from core import task as base
+from core.attention import last_layer, token_heatmap
 from core.data import load_splits
 from core.tokenizer import train_tokenizer
-from core.transformer import Encoder, TokenEmbedding, TransformerConfig, init_weights
+from core.transformer import Encoder, TokenEmbedding, TransformerConfig, init_weights, record_attention
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label of non-first subwords and padding (cross_entropy's ignore_index)
@@ -399,6 +400,26 @@ class Task(base.Task):
                      for kind, lo, hi in get_entities(tags)]
             lines.append(f"{text}\t{'; '.join(found) if found else '(no entities)'}")
         return lines
+
+    @torch.no_grad()
+    def attention(self, model, inputs: list[str] | None, path: Path) -> Path:
+        """Token x token self-attention of the last encoder layer (mean over heads), each word's first subword
+        labelled with its predicted tag."""
+        if inputs is None:  # the first non-empty test sentence
+            words = next((list(r) for r in load_splits(self.cfg.data)["test"]["tokens"] if r), [])
+        else:
+            words = WORD_RE.findall(inputs[0]) if inputs else []
+        if not words:
+            raise base.UserError('the sentence to draw attention for is empty; give text="..."')
+        row = self.rows([words])[0]  # its first window of at most task.max_len subwords
+        with record_attention() as records:
+            (tags,), _ = self._decode(model, Collate(self.tokenizer, chars=self.cfg.task.char_features)([row]))
+        tokens = self.tokenizer.convert_ids_to_tokens(row["input_ids"])
+        tagged = list(tokens)
+        for start, tag in zip(row["word_starts"], tags):
+            tagged[start] = f"{tokens[start]}  {self.labels[tag]}"
+        title = "last encoder layer's self-attention (mean over heads); predicted tags beside the words"
+        return token_heatmap(last_layer(records), tagged, tokens, title, path)
 
 
 def stitch(records: list) -> tuple[list[list[int]], ...]:

@@ -16,6 +16,7 @@ from core.transformer import Encoder, EncoderDecoder, TransformerConfig, record_
 from tests.conftest import run_suite, write_sst2
 from tests.test_asr import write_audiofolder
 from tests.test_forecasting import write_ett
+from tests.test_ner import write_conll
 from tests.test_train import compose_cfg
 from tests.test_translation import write_multi30k
 from tests.test_vit import write_fashion_npz
@@ -122,6 +123,11 @@ def test_translation_alignment_picture(tmp_path):
     train_then_draw(tmp_path, ["task=translation", f"data.root={tmp_path / 'data'}", "task.vocab_size=120",
                                "task.generation.max_new_tokens=6", "task.generation.num_beams=1"],
                     f"out={tmp_path / 'alignment.png'}")
+
+
+def test_ner_picture(tmp_path):
+    write_conll(tmp_path / "data", sizes=(16, 4, 4))
+    train_then_draw(tmp_path, ["task=ner", "task.vocab_size=100", f"data.root={tmp_path / 'data'}"])
 
 
 def test_vit_picture(tmp_path):
