@@ -132,8 +132,8 @@ def test_leaderboard_takes_concurrent_writers(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     runs = leaderboard.rows(path)
     assert sorted(r["run_id"] for r in runs) == [f"run-{i}" for i in range(6)]
-    assert json.loads(leaderboard.render(runs, "json"))[3]["metrics"] == {"accuracy": 0.3}
-    md = leaderboard.render(runs, "markdown").splitlines()
+    assert json.loads(leaderboard.render(runs, "json", "runs"))[3]["metrics"] == {"accuracy": 0.3}
+    md = leaderboard.render(runs, "markdown", "runs").splitlines()
     assert len(md) == 2 + 6 and md[0].startswith("| run_id")
 
 
