@@ -7,29 +7,18 @@ reference and generated summaries (decoded again through `mode=predict`, the pat
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(*args: str) -> str:
-    cmd = [sys.executable, str(ROOT / "run.py"), *args]
-    print("$", " ".join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(out.stderr[-3000:])
-    return out.stdout
+from quality import run, saved_run
 
 
 def main() -> None:
     data = Path(os.environ.get("SUITE_DATA", "../shared/data")) / "samsum"
     stdout = run("task=summarization", f"data.root={data.parent}", *sys.argv[1:])
-    run_dir = Path(stdout.split("run saved in ")[-1].split(" (")[0])
+    run_dir = saved_run(stdout)
     m = yaml.safe_load((run_dir / "metrics.json").read_text())
     r = m["metrics"]
     print(f"SAMSum test ROUGE-1 {r['rouge1']:.2f} (target >= 30)  ROUGE-2 {r['rouge2']:.2f}  "

@@ -10,25 +10,14 @@ training), then test2016 BLEU two ways:
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import sacrebleu
 import yaml
+from quality import run, saved_run
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(*args: str) -> str:
-    cmd = [sys.executable, str(ROOT / "run.py"), *args]
-    print("$", " ".join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(out.stderr[-3000:])
-    return out.stdout
 
 
 def moses_lc(lines: list[str]) -> list[str]:
@@ -40,7 +29,7 @@ def moses_lc(lines: list[str]) -> list[str]:
 def main() -> None:
     data = Path(os.environ.get("SUITE_DATA", "../shared/data")) / "multi30k_en_de"
     stdout = run("task=translation", f"data.root={data.parent}", *sys.argv[1:])
-    run_dir = Path(stdout.split("run saved in ")[-1].split(" (")[0])
+    run_dir = saved_run(stdout)
     m = yaml.safe_load((run_dir / "metrics.json").read_text())
     test = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
     with tempfile.NamedTemporaryFile("w", suffix=".en", delete=False) as f:
