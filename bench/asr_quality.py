@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import yaml
+from quality import run, saved_run
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"word_wer": 0.05, "wer": 0.10}
 
 
@@ -26,11 +24,7 @@ def main() -> None:
     if not os.environ.get("SUITE_DATA"):
         sys.exit("set SUITE_DATA to the folder holding fsdd/metadata.csv")
     args = ["task=asr", *sys.argv[1:]]
-    print("python run.py " + " ".join(args), flush=True)
-    out = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(out.stderr[-3000:])
-    run_dir = Path(next(line for line in out.stdout.splitlines() if line.startswith("run saved in ")).split()[3])
+    run_dir = saved_run(run(*args))
     saved = yaml.safe_load((run_dir / "metrics.json").read_text())
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     m = saved["metrics"]

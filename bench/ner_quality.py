@@ -5,22 +5,14 @@ training), then its test entity F1 overall and per type, the validation F1 curve
 """
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
+from quality import run, saved_run
 
 
 def main() -> None:
-    cmd = [sys.executable, str(ROOT / "run.py"), "task=ner", *sys.argv[1:]]
-    print("$", " ".join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(out.stderr[-2000:])
-    run_dir = Path(out.stdout.split("run saved in ")[-1].split(" (")[0])
+    run_dir = saved_run(run("task=ner", *sys.argv[1:]))
     row = yaml.safe_load((run_dir / "metrics.json").read_text())  # written as YAML by run.py
     m = row["metrics"]
     print(f"CoNLL-2003 test entity F1 {m['f1']:.2f}  P {m['precision']:.2f}  R {m['recall']:.2f}  (target >= 75)"

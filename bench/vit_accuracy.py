@@ -10,13 +10,11 @@ time and throughput from the run's metrics.json. Target: at least 91% (issue 5).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import yaml
+from quality import run, saved_run
 
-ROOT = Path(__file__).resolve().parent.parent
 # 128 wide, 4 layers of 4 heads, FFN 512 (~0.8M parameters), no dropout: the size that fits enough epochs into
 # 20 minutes of a 2-core CPU; patches of 4 pixels, mean pooling and 2-D sine-cosine positions (conf/task/vit.yaml).
 MODEL = ["model=tiny", "model.n_layers=4", "model.n_heads=4", "model.dropout=0"]
@@ -27,11 +25,7 @@ def main() -> None:
     if not os.environ.get("SUITE_DATA"):
         sys.exit("set SUITE_DATA to the folder holding fashion_mnist/fashion_mnist.npz")
     args = ["task=vit", *MODEL, *sys.argv[1:]]
-    print("python run.py " + " ".join(args), flush=True)
-    out = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(out.stderr[-3000:])
-    run_dir = Path(next(line for line in out.stdout.splitlines() if line.startswith("run saved in ")).split()[3])
+    run_dir = saved_run(run(*args))
     saved = yaml.safe_load((run_dir / "metrics.json").read_text())
     history = [yaml.safe_load(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     m = saved["metrics"]
