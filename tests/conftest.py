@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 POSITIVE = "good great fun moving brilliant charming funny gripping lovely superb".split()
@@ -32,6 +33,15 @@ def write_sst2(root: Path, sizes=(160, 40, 40), seed: int = 0) -> Path:
                 label = i % 2
                 f.write(json.dumps({"id": i, "text": sentence(rng, label), "label": label}) + "\n")
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """Training in the test process on one thread: the subprocess runs of other tests get the other core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -149,13 +149,6 @@ def test_tiny_model_overfits_three_utterances(one_thread):
     assert hyps == texts, (hyps, first, loss.item())  # CER 0
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def yaml_node(d: dict):
     from omegaconf import OmegaConf

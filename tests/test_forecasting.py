@@ -26,13 +26,6 @@ TINY = ["task=forecasting", "model.d_model=32", "model.d_ff=64", "task.lookback=
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def write_ett(path, rows: int, seed: int = 0):
     """An hourly CSV with ETTh1's columns: daily and weekly cycles, a slow drift and noise per channel."""
