@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -111,8 +112,8 @@ def train(cfg: DictConfig) -> dict:
                "device": device_name(accelerator.device, accelerator.num_processes),
                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "run_dir": str(run_dir), "commit": code_version(),
                "config": config, "steps": result["steps"], "best_step": result["best_step"]}
-        (run_dir / "metrics.json").write_text(OmegaConf.to_yaml(OmegaConf.create(
-            {**{k: v for k, v in row.items() if k != "config"}, "param_checksums": result["param_checksums"]})))
+        saved = {k: v for k, v in row.items() if k != "config"} | {"param_checksums": result["param_checksums"]}
+        (run_dir / "metrics.json").write_text(json.dumps(saved, indent=2) + "\n")
         leaderboard.record(Path(cfg.leaderboard.path), row, references(cfg))
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
         print(f"test {metrics}\nrun saved in {run_dir} (leaderboard: {cfg.leaderboard.path}, run_id {row['run_id']})")
@@ -175,8 +176,15 @@ def show_leaderboard(cfg: DictConfig) -> None:
 
 
 def model_variant(cfg: DictConfig) -> str:
-    """The model config's name (`small`, `small_rope`, ...): what the leaderboard compares."""
-    return HydraConfig.get().runtime.choices.get("model", "custom") if HydraConfig.initialized() else "custom"
+    """What the leaderboard compares: the model config's name (`small`, `small_rope`, ...), followed by the
+    `model.<field>=<value>` overrides of the command line (`small+position=rope`), so that sweeping a field
+    (`-m model.position=sinusoidal,rope`) gives one variant per value instead of merging them."""
+    if not HydraConfig.initialized():
+        return "custom"
+    hydra_cfg = HydraConfig.get()
+    fields = [o.lstrip("+~").removeprefix("model.") for o in hydra_cfg.overrides.task
+              if o.lstrip("+~").startswith("model.")]
+    return "+".join([hydra_cfg.runtime.choices.get("model", "custom"), *sorted(fields)])
 
 
 def code_version() -> str | None:

@@ -14,7 +14,6 @@ import json
 import os
 import sys
 
-import yaml
 from quality import run, saved_run
 
 TARGETS = {"word_wer": 0.05, "wer": 0.10}
@@ -25,7 +24,7 @@ def main() -> None:
         sys.exit("set SUITE_DATA to the folder holding fsdd/metadata.csv")
     args = ["task=asr", *sys.argv[1:]]
     run_dir = saved_run(run(*args))
-    saved = yaml.safe_load((run_dir / "metrics.json").read_text())
+    saved = json.loads((run_dir / "metrics.json").read_text())
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     m = saved["metrics"]
     print(f"run {run_dir}")

@@ -12,13 +12,12 @@ H=96 is a test MSE of at most 0.40 (PatchTST/42 0.375, DLinear 0.375, repeat-las
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = {96: 0.375, 192: 0.414, 336: 0.431, 720: 0.449}  # PatchTST/42 (L=336), Nie et al. 2023, Table 3
@@ -30,7 +29,7 @@ def run(horizon: int, minutes: float, overrides: list[str]) -> dict:
            f"trainer.max_minutes={minutes:g}", f"hydra.run.dir={run_dir}", *overrides]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
-    return yaml.safe_load((run_dir / "metrics.json").read_text())
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def main() -> None:

@@ -7,13 +7,12 @@ training), then its test entity F1 overall and per type, the validation F1 curve
 import json
 import sys
 
-import yaml
 from quality import run, saved_run
 
 
 def main() -> None:
     run_dir = saved_run(run("task=ner", *sys.argv[1:]))
-    row = yaml.safe_load((run_dir / "metrics.json").read_text())  # written as YAML by run.py
+    row = json.loads((run_dir / "metrics.json").read_text())
     m = row["metrics"]
     print(f"CoNLL-2003 test entity F1 {m['f1']:.2f}  P {m['precision']:.2f}  R {m['recall']:.2f}  (target >= 75)"
           + (f"  [argmax decoding: F1 {m['f1_argmax']:.2f}]" if "f1_argmax" in m else ""))

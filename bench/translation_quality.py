@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import sacrebleu
-import yaml
 from quality import run, saved_run
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
@@ -30,7 +29,7 @@ def main() -> None:
     data = Path(os.environ.get("SUITE_DATA", "../shared/data")) / "multi30k_en_de"
     stdout = run("task=translation", f"data.root={data.parent}", *sys.argv[1:])
     run_dir = saved_run(stdout)
-    m = yaml.safe_load((run_dir / "metrics.json").read_text())
+    m = json.loads((run_dir / "metrics.json").read_text())
     test = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
     with tempfile.NamedTemporaryFile("w", suffix=".en", delete=False) as f:
         f.write("\n".join(row["src"] for row in test) + "\n")
