@@ -36,6 +36,8 @@ class TrainerConfig:
     clock: str = "wall"  # what max_minutes counts: wall time, or this process's CPU time ("process": fair on a
     #                      shared machine, where other jobs take cores; with N threads a minute costs N CPU-minutes)
     warmup_steps: int = 200  # linear warm-up from 0 to lr
+    warmup_max_fraction: float = 0.25  # ...ended by this fraction of the run at the latest (steps or budget), so a
+    #                                     short budget (the suite's max_minutes=4) does not spend itself warming up
     schedule: str = "cosine"  # decay after warm-up over the run's progress: cosine, linear or constant
     grad_accum: int = 1  # micro-batches per optimizer step
     clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
@@ -134,6 +136,13 @@ def improved(task: Task, value: float, best: float | None) -> bool:
     return best is None or (value > best if task.greater_is_better else value < best)
 
 
+def learning_rate(t: TrainerConfig, step: int, progress: float) -> float:
+    """The rate for optimizer step `step` (0-based) with `progress` (0..1) of the run done: a linear warm-up that ends
+    after `warmup_steps` or at `warmup_max_fraction` of the run, whichever comes first, times the decay schedule."""
+    warm = max((step + 1) / max(1, t.warmup_steps), progress / t.warmup_max_fraction if t.warmup_max_fraction else 0.0)
+    return t.lr * min(1.0, warm) * SCHEDULES[t.schedule](progress)
+
+
 def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -> dict:
     """Train `task`'s model, keep the best validation checkpoint in `run_dir`, score it on test; return a summary."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +221,7 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
                             f"loss became non-finite at step {state.step} (loss {loss.item():.4g}); the best "
                             f"checkpoint so far is kept in {run_dir}; lower trainer.lr or try "
                             f"trainer.mixed_precision=no")
-                    lr = t.lr * min(1.0, (state.step + 1) / max(1, t.warmup_steps)) * SCHEDULES[t.schedule](progress())
+                    lr = learning_rate(t, state.step, progress())
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                 optimizer.step()

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from core import leaderboard
 from core.task import Task, UserError, load_task, load_weights, model_config, save_weights
-from core.train import NonFiniteLoss, TrainerConfig, cpu_has_native_bf16, fit, resolve_precision
+from core.train import NonFiniteLoss, TrainerConfig, cpu_has_native_bf16, fit, learning_rate, resolve_precision
 from tests.conftest import ROOT
 
 
@@ -145,6 +145,16 @@ def test_hub_fallback_offline_names_both_fixes(monkeypatch):
     assert "data.root" in str(err.value) and "SetFit/sst2" in str(err.value) and "\n" not in str(err.value)
 
 
+
+
+def test_warm_up_ends_by_steps_or_by_a_fraction_of_a_short_run():
+    t = TrainerConfig(lr=1.0, warmup_steps=1000, warmup_max_fraction=0.25, schedule="constant")
+    assert learning_rate(t, 99, progress=0.01) == pytest.approx(0.1)  # a long run: the step count leads
+    assert learning_rate(t, 99, progress=0.20) == pytest.approx(0.8)  # a short budget: the fraction leads
+    assert learning_rate(t, 299, progress=0.25) == 1.0 and learning_rate(t, 999, progress=0.05) == 1.0
+    cosine = TrainerConfig(lr=1.0, warmup_steps=10, schedule="cosine")
+    assert learning_rate(cosine, 500, progress=0.5) == pytest.approx(0.5)
+    assert learning_rate(cosine, 999, progress=1.0) == pytest.approx(0.0)
 
 
 def test_ema_weights_are_the_ones_kept(tmp_path):
