@@ -1,5 +1,6 @@
 """The ViT task: patch stem shapes, augmentation, learning, prediction from files, and a run through run.py."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 
 from core.task import UserError
 from core.transformer import TransformerConfig
-from tasks.vit import Task, VisionTransformer, attention_maps
+from tasks.vit import Task, VisionTransformer, attention_maps, random_crop_flip
 from tests.conftest import ROOT, run_suite
 
 TINY_CFG = TransformerConfig(d_model=32, n_heads=2, d_ff=64, n_layers=2, dropout=0.0)
@@ -68,12 +69,11 @@ def test_augmentation_keeps_labels(fashion_root, tmp_path):
                     "task.augment.erasing=0.5", "task.augment.crop_padding=4")
     task.prepare(tmp_path, is_main=True)
     x, y = task.data["train"]
-    dataset = task.dataloader("train", train=True).dataset
-    for i in range(20):
-        row = dataset[i]
-        assert row["labels"] == y[i] and row["images"].shape == (1, 28, 28)
-        assert 0 <= row["images"].min() and row["images"].max() <= 1
-    assert not torch.equal(dataset[0]["images"], x[0].float() / 255)  # something was augmented
+    loader = task.dataloader("train", train=True)
+    batch = loader.collate_fn([loader.dataset[i] for i in range(20)])
+    assert torch.equal(batch["labels"], y[:20]) and batch["images"].shape == (20, 1, 28, 28)
+    assert 0 <= batch["images"].min() and batch["images"].max() <= 1
+    assert not torch.equal(batch["images"], x[:20].float() / 255)  # something was augmented
 
     mixed = vit_task(f"data.root={fashion_root}", "task.val_size=100", "task.augment.mixup=0.8",
                      "task.augment.cutmix=1.0", "trainer.batch_size=16")
@@ -86,6 +86,23 @@ def test_augmentation_keeps_labels(fashion_root, tmp_path):
     assert batch["images"].shape == (16, 1, 28, 28)
     for i in range(16):  # each target's mass sits on the image's own class and its partner's (the batch reversed)
         assert soft[i, list({int(y[i]), int(y[15 - i])})].sum() > 0.9
+
+
+def test_batched_crop_and_flip_match_per_image_crops():
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (64, 3, 6, 5), dtype=torch.uint8)  # no zeros: padding shows as 0
+    out = random_crop_flip(images, padding=2, hflip=0.5)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    flipped = 0
+    for b in range(64):  # each output is one 6 x 5 window of its own padded image, mirrored or not
+        windows = [padded[b, :, dy : dy + 6, dx : dx + 5] for dy in range(5) for dx in range(5)]
+        plain = any(torch.equal(out[b], w) for w in windows)
+        mirrored = any(torch.equal(out[b], w.flip(-1)) for w in windows)
+        assert plain or mirrored
+        flipped += mirrored and not plain
+    assert 15 < flipped < 49  # about half are mirrored
+    assert torch.equal(random_crop_flip(images, padding=0, hflip=0.0), images)
+    assert torch.equal(random_crop_flip(images, padding=0, hflip=1.0), images.flip(-1))
 
 
 def test_tiny_model_overfits_a_few_images():
@@ -154,7 +171,7 @@ def test_train_predict_and_attention_through_run_py(fashion_root, tmp_path):
     out = run_suite(*args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "runs").glob("*")
-    metrics = yaml.safe_load((run_dir / "metrics.json").read_text())["metrics"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert metrics["accuracy"] >= 0.8, metrics  # the class is where the bright block is
     assert {"acc_t_shirt_top", "acc_ankle_boot"} <= set(metrics)
 
