@@ -53,6 +53,9 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"trainer.schedule={self.schedule!r}: choose one of {sorted(SCHEDULES)}")
+        if not 0 <= self.warmup_max_fraction <= 1:
+            raise ValueError(f"trainer.warmup_max_fraction={self.warmup_max_fraction}: "
+                             "give a fraction of the run, 0 to 1 (0 = no cap)")
         if self.clock not in CLOCKS:
             raise ValueError(f"trainer.clock={self.clock!r}: choose one of {sorted(CLOCKS)}")
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):

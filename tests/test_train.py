@@ -155,6 +155,8 @@ def test_warm_up_ends_by_steps_or_by_a_fraction_of_a_short_run():
     cosine = TrainerConfig(lr=1.0, warmup_steps=10, schedule="cosine")
     assert learning_rate(cosine, 500, progress=0.5) == pytest.approx(0.5)
     assert learning_rate(cosine, 999, progress=1.0) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="warmup_max_fraction"):
+        TrainerConfig(warmup_max_fraction=1.5)
 
 
 def test_ema_weights_are_the_ones_kept(tmp_path):
