@@ -19,6 +19,8 @@ class GenerationConfig:
     """How to decode; maximum lengths always come from here, never from a library default."""
 
     max_new_tokens: int = 64  # hard cap on generated tokens (EOS excluded)
+    max_len_a: float = 0.0  # >0: also at most max_len_a * source tokens + max_len_b per input (fairseq's
+    max_len_b: int = 0  # --max-len-a/b): an undertrained model's rambling stops near the source's length
     min_new_tokens: int = 0  # EOS is forbidden before this many tokens
     num_beams: int = 1  # 1 = greedy
     length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
@@ -94,10 +96,26 @@ class Stepper:
             layer.reorder(index)
 
 
-def constrain(logp: torch.Tensor, prefix: torch.Tensor, step: int, gen: GenerationConfig, eos_id: int) -> None:
-    """In place: forbid EOS before min_new_tokens and any token that would repeat an n-gram."""
+def length_limits(attention_mask: torch.Tensor, gen: GenerationConfig) -> torch.Tensor:
+    """The most tokens each input may generate (B,): max_new_tokens, or less by the source-relative cap."""
+    limit = torch.full((len(attention_mask),), gen.max_new_tokens, device=attention_mask.device)
+    if gen.max_len_a > 0:
+        relative = (gen.max_len_a * attention_mask.sum(-1) + gen.max_len_b).long()
+        limit = limit.minimum(relative.clamp(min=max(1, gen.min_new_tokens)))
+    return limit
+
+
+def constrain(logp: torch.Tensor, prefix: torch.Tensor, step: int, gen: GenerationConfig, eos_id: int,
+              limit: torch.Tensor) -> None:
+    """In place: forbid EOS before min_new_tokens and any token that would repeat an n-gram; rows that have
+    generated `limit` (R,) tokens may only end."""
     if step < gen.min_new_tokens:
         logp[:, eos_id] = float("-inf")
+    full = limit <= step
+    if full.any():
+        keep = logp[full, eos_id]
+        logp[full] = float("-inf")
+        logp[full, eos_id] = keep
     n = gen.no_repeat_ngram_size
     if n and prefix.size(1) >= n:
         rows = prefix.tolist()
@@ -110,12 +128,14 @@ def constrain(logp: torch.Tensor, prefix: torch.Tensor, step: int, gen: Generati
 
 def greedy(model, input_ids, attention_mask, gen: GenerationConfig, use_cache: bool = True) -> list[list[int]]:
     B = len(input_ids)
-    step = Stepper(model, input_ids, attention_mask, B, gen.max_new_tokens + 1, use_cache)
+    limit = length_limits(attention_mask, gen)  # (B,)
+    steps = int(limit.max()) + 1  # the last step can only emit EOS
+    step = Stepper(model, input_ids, attention_mask, B, steps, use_cache)
     prefix = torch.full((B, 1), model.bos_id, device=input_ids.device)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    for t in range(gen.max_new_tokens):
+    for t in range(steps):
         logp = step(prefix)
-        constrain(logp, prefix, t, gen, model.eos_id)
+        constrain(logp, prefix, t, gen, model.eos_id, limit)
         nxt = logp.argmax(-1).masked_fill(done, model.pad_id)  # (B,)
         prefix = torch.cat([prefix, nxt[:, None]], 1)
         done |= nxt == model.eos_id
@@ -133,15 +153,17 @@ def beam_search(model, input_ids, attention_mask, gen: GenerationConfig, use_cac
 
     Stops for a source once K hypotheses are finished and no live beam can beat the worst of them."""
     B, K = len(input_ids), gen.num_beams
-    step = Stepper(model, input_ids, attention_mask, B * K, gen.max_new_tokens + 1, use_cache)
+    limit = length_limits(attention_mask, gen).repeat_interleave(K)  # (B*K,)
+    steps = int(limit.max()) + 1  # the last step can only emit EOS
+    step = Stepper(model, input_ids, attention_mask, B * K, steps, use_cache)
     prefix = torch.full((B * K, 1), model.bos_id, device=input_ids.device)
     scores = torch.zeros(B, K, device=input_ids.device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     closed = [False] * B
-    for t in range(gen.max_new_tokens):
+    for t in range(steps):
         logp = step(prefix)  # (B*K, V)
-        constrain(logp, prefix, t, gen, model.eos_id)
+        constrain(logp, prefix, t, gen, model.eos_id, limit)
         V, norm = logp.size(-1), (t + 1) ** gen.length_penalty  # an EOS now makes a hypothesis of t + 1 steps
         cand = (scores[:, :, None] + logp.view(B, K, V)).view(B, K * V)
         top, idx = cand.topk(2 * K, dim=-1)  # (B, 2K): enough to find K that do not end

@@ -65,10 +65,30 @@ def test_lengths_come_from_config(trained):
     assert all(len(o) >= 7 for o in long)
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_source_relative_cap_binds_per_input_and_only_when_reached(trained, beams):
+    torch.manual_seed(0)  # an untrained model rambles: EOS is one token of 40
+    cfg = TransformerConfig(d_model=32, n_heads=4, d_ff=64, n_layers=1, n_decoder_layers=1, dropout=0.0, max_len=32)
+    untrained = Seq2SeqTransformer(cfg, vocab_size=40, pad_id=PAD, bos_id=BOS, eos_id=EOS).eval()
+    src = torch.randint(3, 40, (4, 6))
+    mask = torch.ones_like(src)
+    mask[0, 2:] = mask[1, 4:] = 0  # sources of 2, 4, 6, 6 tokens
+    gen = GenerationConfig(max_new_tokens=12, num_beams=beams)
+    assert [len(o) for o in untrained.generate(src, mask, gen)] == [12] * 4
+    capped = GenerationConfig(**{**vars(gen), "min_new_tokens": 5, "max_len_a": 1.5, "max_len_b": 1})
+    out = untrained.generate(src, mask, capped)
+    assert [len(o) for o in out] == [5, 7, 10, 10]  # 1.5 * source + 1, but never below min_new_tokens
+    assert out == untrained.generate(src, mask, capped, use_cache=False)
+    src, mask, _ = batch(PAIRS)  # the copy pairs end well inside a generous cap: the outputs do not change
+    loose = GenerationConfig(max_new_tokens=8, num_beams=beams, max_len_a=2.0, max_len_b=2)
+    assert trained.generate(src, mask, loose) == [t for _, t in PAIRS]
+
+
 def test_no_repeat_ngram_bans_the_completing_token():
     logp = torch.zeros(1, 10)
     prefix = torch.tensor([[1, 4, 5, 6, 4]])  # "4 5" seen; ending in 4 -> 5 would repeat the bigram
-    constrain(logp, prefix, step=4, gen=GenerationConfig(no_repeat_ngram_size=2), eos_id=EOS)
+    constrain(logp, prefix, step=4, gen=GenerationConfig(no_repeat_ngram_size=2), eos_id=EOS,
+              limit=torch.tensor([10]))
     assert logp[0, 5] == float("-inf") and (logp[0, [0, 1, 2, 3, 4, 6, 7, 8, 9]] == 0).all()
 
 
