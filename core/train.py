@@ -32,7 +32,7 @@ class TrainerConfig:
     eval_batch_size: int = 128  # examples per process per evaluation batch
     epochs: int = 10  # passes over the training data (unless max_steps or max_minutes stops first)
     max_steps: int = 0  # optimizer steps; 0 = from epochs
-    max_minutes: float = 0.0  # time budget for training (validation included), on `clock`; 0 = none
+    max_minutes: float = 0.0  # time budget for training (validation, the final one too, included), on `clock`; 0 = none
     clock: str = "wall"  # what max_minutes counts: wall time, or this process's CPU time ("process": fair on a
     #                      shared machine, where other jobs take cores; with N threads a minute costs N CPU-minutes)
     warmup_steps: int = 200  # linear warm-up from 0 to lr
@@ -102,6 +102,7 @@ class TrainState:
     def __init__(self):
         self.step = self.epoch = self.batch_in_epoch = self.samples = 0
         self.elapsed = self.step_seconds = 0.0  # training time on trainer.clock; wall time inside train steps only
+        self.val_seconds = 0.0  # how long the last validation took, on trainer.clock
         self.best: float | None = None
         self.best_step = self.bad_evals = 0
 
@@ -180,10 +181,18 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
              total_steps, t.batch_size, t.grad_accum, accelerator.num_processes,
              f", at most {t.max_minutes:g} min" if budget else "")
 
+    clock = CLOCKS[t.clock]
+
+    def train_budget() -> float:
+        """Seconds of the budget for training steps: the final validation must fit in it too, so keep back what the
+        last one took (at most half the budget)."""
+        return budget - min(state.val_seconds, budget / 2)
+
     def progress() -> float:
         return max(state.step / total_steps, state.elapsed / budget if budget else 0.0)
 
     def validate() -> None:
+        tick = clock()
         metrics = evaluate(task, eval_model, val_loader, accelerator)
         value = metrics[task.metric]
         record = {"step": state.step, "epoch": state.epoch, "elapsed": round(state.elapsed, 1),
@@ -199,11 +208,13 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
             with open(run_dir / "history.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         tqdm.write(f"step {state.step}: val {task.metric} {value:.4f} (best {state.best:.4f} at {state.best_step})")
+        state.val_seconds = clock() - tick
+        if accelerator.num_processes > 1:  # every rank must reckon with the same budget
+            state.val_seconds = broadcast(torch.tensor([state.val_seconds], device=accelerator.device)).item()
         accelerator.save_state(str(last_ckpt))
 
     pbar = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process,
                 desc=f"train {task.cfg.task.name}", dynamic_ncols=True)
-    clock = CLOCKS[t.clock]
     started = clock() - state.elapsed
     running_loss, last_eval_step, stop = 0.0, state.step, state.step >= total_steps
     model.train()
@@ -254,7 +265,7 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
                 if t.patience and state.bad_evals >= t.patience:
                     log.info("no improvement in %d validations: stopping early", t.patience)
                     stop = True
-            if state.step >= total_steps or (budget and state.elapsed >= budget):
+            if state.step >= total_steps or (budget and state.elapsed >= train_budget()):
                 stop = True
             if stop:
                 break
@@ -268,6 +279,7 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
             save_weights(best_model, run_dir, task_info(task, params))
     elif last_eval_step != state.step:
         validate()
+        state.elapsed = clock() - started
     return finish(task, model, accelerator, run_dir, state, params)
 
 

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core import leaderboard
+from core import leaderboard, train
 from core.task import Task, UserError, load_task, load_weights, model_config, save_weights
 from core.train import NonFiniteLoss, TrainerConfig, cpu_has_native_bf16, fit, learning_rate, resolve_precision
 from tests.conftest import ROOT
@@ -195,3 +195,36 @@ def test_process_clock_budget_counts_only_this_process_cpu_time(tmp_path):
         steps[clock] = fit(SleepyTask(), t, Accelerator(cpu=True), tmp_path / clock)["steps"]
     assert steps["wall"] <= 12  # 0.6 s of steps that take at least 50 ms
     assert steps["process"] > 2 * steps["wall"]  # the waiting is not charged to the budget
+
+
+class SlowValidationTask(ToyTask):
+    """On a fake clock, a training step takes 10 ms and a validation half a second (8 batches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = 0.0
+
+    def build_model(self):
+        task, model = self, super().build_model()
+        forward = model.forward
+
+        def timed(x, y):
+            task.now += 0.01 * model.training
+            return forward(x, y)
+
+        model.forward = timed
+        return model
+
+    def eval_step(self, model, batch):
+        self.now += 0.5 / 8
+        return super().eval_step(model, batch)
+
+
+def test_time_budget_keeps_room_for_the_final_validation(tmp_path, monkeypatch):
+    task = SlowValidationTask()
+    monkeypatch.setitem(train.CLOCKS, "wall", lambda: task.now)
+    t = TrainerConfig(lr=0.1, max_steps=10**6, max_minutes=0.04, warmup_steps=1, eval_every=100, mixed_precision="no")
+    result = fit(task, t, Accelerator(cpu=True), tmp_path)
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [100, 140]  # 1 s of steps, a 0.5 s validation, 0.4 s of steps, and...
+    assert result["steps"] == 140 and result["train_seconds"] == pytest.approx(2.4)  # ...the last one: 2.4 s in all
