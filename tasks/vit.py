@@ -41,13 +41,16 @@ class PatchStem(nn.Module):
     """Images (B, C, H, W) in [0, 1] -> patch vectors with positions, class token first if any: (B, [1 +] N, D)."""
 
     def __init__(self, image_size: tuple[int, int], patch_size: int, channels: int, d_model: int, cls_token: bool,
-                 position: str):
+                 position: str, kind: str = "patch"):
         super().__init__()
-        self.patch = PatchEmbed(image_size, patch_size, channels, d_model)  # conv k=P stride=P, then flatten
+        if kind == "conv":
+            self.patch = ConvStem(image_size, patch_size, channels, d_model)
+        else:
+            self.patch = PatchEmbed(image_size, patch_size, channels, d_model)  # conv k=P stride=P, then flatten
         self.grid = tuple(self.patch.grid_size)  # (H / P, W / P)
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model)) if cls_token else None
         if position == "learned":
-            self.pos = nn.Parameter(torch.randn(1, self.patch.num_patches, d_model) * 0.02)
+            self.pos = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], d_model) * 0.02)
         else:  # fixed 2-D sine-cosine: a quarter of D each for sin/cos of the row and the column
             self.register_buffer("pos", build_sincos2d_pos_embed(list(self.grid), d_model)[None], persistent=False)
 
@@ -59,13 +62,36 @@ class PatchStem(nn.Module):
         return x
 
 
+class ConvStem(nn.Module):
+    """The convolutional stem of Xiao et al. (2021, "Early convolutions help transformers see better"), the paper's
+    hybrid input: log2(P) 3x3 stride-2 convolutions (BatchNorm, ReLU), widening to D, then a 1x1 convolution to D.
+    The same (H/P, W/P) grid of D-vectors as a patch embedding, from overlapping windows: it trains faster."""
+
+    def __init__(self, image_size: tuple[int, int], patch_size: int, channels: int, d_model: int):
+        super().__init__()
+        n = int(math.log2(patch_size))
+        if 2 ** n != patch_size:
+            raise ValueError(f"a convolutional stem halves the image per layer: patch size {patch_size} must be a "
+                             f"power of 2")
+        widths = [channels] + [d_model // 2 ** (n - 1 - i) for i in range(n)]  # P=4, D=128: C -> 64 -> 128
+        layers = []
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        self.convs = nn.Sequential(*layers, nn.Conv2d(widths[-1], d_model, 1))
+        self.grid_size = (image_size[0] // patch_size, image_size[1] // patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.convs(images).flatten(2).transpose(1, 2)  # (B, D, H/P, W/P) -> (B, N, D)
+
+
 class VisionTransformer(nn.Module):
     """Patch stem -> the shared encoder (its own positions off) -> class token or mean pooling -> linear head."""
 
     def __init__(self, cfg: TransformerConfig, image_size: tuple[int, int], patch_size: int, channels: int,
-                 num_labels: int, pooling: str = "mean", position: str = "sincos2d", label_smoothing: float = 0.0):
+                 num_labels: int, pooling: str = "mean", position: str = "sincos2d", label_smoothing: float = 0.0,
+                 stem: str = "patch"):
         super().__init__()
-        self.stem = PatchStem(image_size, patch_size, channels, cfg.d_model, pooling == "cls", position)
+        self.stem = PatchStem(image_size, patch_size, channels, cfg.d_model, pooling == "cls", position, stem)
         self.encoder = Encoder(replace(cfg, position="none"))  # positions are the stem's (2-D)
         self.head = nn.Linear(cfg.d_model, num_labels)
         self.pooling, self.label_smoothing = pooling, label_smoothing
@@ -182,6 +208,9 @@ class Task(base.Task):
         if tc.pooling not in ("cls", "mean") or tc.position not in ("learned", "sincos2d"):
             raise base.UserError(f"task.pooling={tc.pooling!r} / task.position={tc.position!r}: choose pooling cls "
                                  f"or mean, position learned or sincos2d")
+        if tc.stem not in ("patch", "conv") or (tc.stem == "conv" and tc.patch_size & (tc.patch_size - 1)):
+            raise base.UserError(f"task.stem={tc.stem!r} with task.patch_size={tc.patch_size}: choose stem patch, "
+                                 f"or conv with a patch size that is a power of 2")
         self.labels: list[str] = []
         self.size: tuple[int, int] | None = None
         self.channels: int | None = None
@@ -307,12 +336,13 @@ class Task(base.Task):
     def build_model(self) -> nn.Module:
         tc = self.cfg.task
         return VisionTransformer(self.model_cfg, self.size, tc.patch_size, self.channels, len(self.labels),
-                                 tc.pooling, tc.position, tc.label_smoothing)
+                                 tc.pooling, tc.position, tc.label_smoothing, tc.stem)
 
     def model_extras(self) -> dict:
         tc = self.cfg.task
         return {"labels": self.labels, "image_size": list(self.size), "channels": self.channels,
-                "patch_size": tc.patch_size, "pooling": tc.pooling, "patch_position": tc.position}
+                "patch_size": tc.patch_size, "pooling": tc.pooling, "patch_position": tc.position,
+                "stem": tc.stem}
 
     def eval_step(self, model, batch) -> list:
         logits = model(images=batch["images"])["logits"]

@@ -48,13 +48,15 @@ def vit_task(*overrides: str) -> Task:
         return Task(compose("config", overrides=["task=vit", "model=tiny", *overrides]))
 
 
-@pytest.mark.parametrize("size, channels, pooling, position", [
-    ((24, 40), 3, "cls", "learned"),
-    ((28, 28), 1, "mean", "sincos2d"),
-    ((16, 8), 3, "mean", "learned"),
+@pytest.mark.parametrize("size, channels, pooling, position, stem", [
+    ((24, 40), 3, "cls", "learned", "patch"),
+    ((28, 28), 1, "mean", "sincos2d", "patch"),
+    ((16, 8), 3, "mean", "learned", "patch"),
+    ((24, 40), 3, "cls", "sincos2d", "conv"),
+    ((28, 28), 1, "mean", "learned", "conv"),
 ])
-def test_patch_embedding_shapes(size, channels, pooling, position):
-    model = VisionTransformer(TINY_CFG, size, 4, channels, 7, pooling, position)
+def test_patch_embedding_shapes(size, channels, pooling, position, stem):
+    model = VisionTransformer(TINY_CFG, size, 4, channels, 7, pooling, position, stem=stem)
     images = torch.rand(5, channels, *size)
     tokens = model.stem(images)
     patches = (size[0] // 4) * (size[1] // 4)
@@ -62,6 +64,11 @@ def test_patch_embedding_shapes(size, channels, pooling, position):
     assert model.stem.grid == (size[0] // 4, size[1] // 4)
     assert model(images=images)["logits"].shape == (5, 7)
     assert attention_maps(model, images).shape == (5, size[0] // 4, size[1] // 4)
+
+
+def test_conv_stem_needs_a_power_of_two_patch():
+    with pytest.raises(ValueError, match="power of 2"):
+        VisionTransformer(TINY_CFG, (24, 24), 3, 1, 7, stem="conv")
 
 
 def test_augmentation_keeps_labels(fashion_root, tmp_path):
