@@ -211,6 +211,7 @@ class Task(base.Task):
         if tc.stem not in ("patch", "conv") or (tc.stem == "conv" and tc.patch_size & (tc.patch_size - 1)):
             raise base.UserError(f"task.stem={tc.stem!r} with task.patch_size={tc.patch_size}: choose stem patch, "
                                  f"or conv with a patch size that is a power of 2")
+        self.stem = tc.stem
         self.labels: list[str] = []
         self.size: tuple[int, int] | None = None
         self.channels: int | None = None
@@ -336,13 +337,13 @@ class Task(base.Task):
     def build_model(self) -> nn.Module:
         tc = self.cfg.task
         return VisionTransformer(self.model_cfg, self.size, tc.patch_size, self.channels, len(self.labels),
-                                 tc.pooling, tc.position, tc.label_smoothing, tc.stem)
+                                 tc.pooling, tc.position, tc.label_smoothing, self.stem)
 
     def model_extras(self) -> dict:
         tc = self.cfg.task
         return {"labels": self.labels, "image_size": list(self.size), "channels": self.channels,
                 "patch_size": tc.patch_size, "pooling": tc.pooling, "patch_position": tc.position,
-                "stem": tc.stem}
+                "stem": self.stem}
 
     def eval_step(self, model, batch) -> list:
         logits = model(images=batch["images"])["logits"]
@@ -361,9 +362,11 @@ class Task(base.Task):
         try:
             self.labels = json.loads((run_dir / "labels.json").read_text())
             geometry = json.loads((run_dir / "image.json").read_text())
+            saved = json.loads((run_dir / "config.json").read_text())
         except (OSError, ValueError) as e:
-            raise base.UserError(f"{run_dir} lacks a readable labels.json or image.json ({e})") from None
+            raise base.UserError(f"{run_dir} lacks a readable labels.json, image.json or config.json ({e})") from None
         self.size, self.channels = tuple(geometry["size"]), geometry["channels"]
+        self.stem = saved.get("stem", "patch")  # runs saved before task.stem existed have the patch embedding
 
     def read_inputs(self) -> list[Path]:
         """`image=<file>` or `image=<folder>` (its image files, sorted by name)."""

@@ -10,9 +10,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from core.task import UserError
+from core.task import UserError, load_weights, save_weights
 from core.transformer import TransformerConfig
-from tasks.vit import Task, VisionTransformer, attention_maps, random_crop_flip
+from tasks.vit import ConvStem, Task, VisionTransformer, attention_maps, random_crop_flip
 from tests.conftest import ROOT, run_suite
 
 TINY_CFG = TransformerConfig(d_model=32, n_heads=2, d_ff=64, n_layers=2, dropout=0.0)
@@ -69,6 +69,21 @@ def test_patch_embedding_shapes(size, channels, pooling, position, stem):
 def test_conv_stem_needs_a_power_of_two_patch():
     with pytest.raises(ValueError, match="power of 2"):
         VisionTransformer(TINY_CFG, (24, 24), 3, 1, 7, stem="conv")
+
+
+def test_a_run_saved_with_either_stem_reloads_with_it(tmp_path):
+    for stem in ("patch", "conv", None):  # None: saved before task.stem existed, when every run had patches
+        task = vit_task(f"task.stem={stem or 'patch'}")
+        task.labels, task.size, task.channels = ["a", "b"], (28, 28), 1
+        run_dir = tmp_path / str(stem)
+        run_dir.mkdir()
+        info = {k: v for k, v in task.model_extras().items() if stem or k != "stem"}
+        save_weights(task.build_model(), run_dir, info)
+        (run_dir / "labels.json").write_text(json.dumps(task.labels))
+        (run_dir / "image.json").write_text(json.dumps({"size": [28, 28], "channels": 1}))
+        again = vit_task("task.stem=conv")  # the current default must not override what the run saved
+        again.load_assets(run_dir)
+        assert isinstance(load_weights(again.build_model(), run_dir).stem.patch, ConvStem) == (stem == "conv")
 
 
 def test_augmentation_keeps_labels(fashion_root, tmp_path):
