@@ -17,27 +17,53 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiec
 
     Encodings come out as `[CLS] text [SEP]`; generation tasks add [BOS]/[EOS] themselves.
     """
-    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    norm = normalizers.Sequence([normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else []))
     specials = list(SPECIAL.values())
     if kind == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token=SPECIAL["unk_token"]))
+        tok = Tokenizer(models.WordPiece(wordpiece_vocab(texts, vocab_size, norm, specials, min_frequency),
+                                         unk_token=SPECIAL["unk_token"]))
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                            special_tokens=specials)
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
         # line breaks (dialogue turns) are tokens of their own: no merge may span "pizza.\nBen:"
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"),
                                                      pre_tokenizers.Metaspace()])
         tok.decoder = decoders.Metaspace()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
+        tok.normalizer = norm
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                                           special_tokens=specials))
     else:
         raise ValueError(f"tokenizer kind {kind!r}: choose wordpiece or bpe")
-    tok.normalizer = normalizers.Sequence(norm)
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.normalizer = norm
     cls, sep = SPECIAL["cls_token"], SPECIAL["sep_token"]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B {sep}",
         special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
+
+
+def wordpiece_vocab(texts: Iterable[str], vocab_size: int, norm, specials: list[str], min_frequency: int) -> dict:
+    """A WordPiece vocabulary that is the same on every run for the same data.
+
+    The library's WordPieceTrainer numbers its "##" pieces in hash-map order, and on count ties that order picks the
+    merges, so each run gets a slightly different vocabulary (huggingface/tokenizers#1794). Its BPE trainer without a
+    continuing-subword prefix is deterministic: learn the pieces with it on words marked by a leading "▁", then name
+    them WordPiece's way ("▁film" -> "film", "ing" -> "##ing"), every character in both forms.
+    """
+    bpe = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
+    bpe.normalizer = norm
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Metaspace()])
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                                       special_tokens=specials))
+    pieces = dict.fromkeys(specials)
+    for piece in sorted(bpe.get_vocab(), key=bpe.token_to_id):
+        if piece in specials or piece == "▁":
+            continue
+        if piece.startswith("▁"):
+            pieces[piece[1:]] = None
+        else:
+            pieces[f"##{piece}"] = None
+            if len(piece) == 1:  # a character can start a word too
+                pieces[piece] = None
+    return {piece: i for i, piece in enumerate(pieces)}

@@ -39,3 +39,14 @@ def test_string_labels_and_unknown_labels(tmp_path):
     with pytest.raises(UserError, match="'neutral' is not one of the training labels"):
         task.prepare(tmp_path, is_main=True)
     assert task.labels == ["neg", "pos"]
+
+
+def test_wordpiece_vocabulary_is_the_same_on_every_fit():
+    """The library's WordPiece trainer gives a different vocabulary from run to run on ties (tokenizers#1794); a
+    seeded run must start from the same tokens, so the vocabulary is learnt by its deterministic BPE trainer."""
+    texts = [" ".join(f"w{(i * 7 + j * 3) % 23}x{j % 5}" for j in range(8)) for i in range(60)]  # many equal counts
+    vocabs = [train_tokenizer(texts, vocab_size=120).get_vocab() for _ in range(4)]
+    assert all(v == vocabs[0] for v in vocabs)
+    tok = train_tokenizer(texts, vocab_size=120)
+    assert tok.decode(tok(texts[0])["input_ids"], skip_special_tokens=True) == texts[0]
+    assert tok.unk_token_id not in tok("w5x1 w99x9")["input_ids"]  # unseen words still split into known pieces
