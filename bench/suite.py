@@ -1,7 +1,11 @@
 """The suite benchmark: every task one after another with a short budget each, then the cross-task leaderboard.
 
-    SUITE_DATA=../shared/data python bench/suite.py                          # 4 minutes per task, model=small
+    SUITE_DATA=../shared/data python bench/suite.py                          # 4 minutes per task
     SUITE_DATA=../shared/data python bench/suite.py model=small,small_rope   # two variants side by side
+
+Without model=, each task trains its own default variant (conf/config.yaml's small, but NER small_rope and
+forecasting tiny, as their task YAMLs choose), as `python run.py -m 'task=glob(*)'` does; give model= to compare
+one variant on all seven.
 
 It runs `python run.py -m 'task=glob(*)' trainer.max_minutes=4 ...` into a fresh leaderboard of its own
 (bench/results/suite_<time>/leaderboard.db), prints the sweep's summary (wall time per task), the total wall time,
