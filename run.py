@@ -41,7 +41,8 @@ def suite_run_dir(mode: str, run_dir: str | None, task: str, model: str) -> str:
         return str(run_dir)
     if int(os.environ.get("RANK", "0")) > 0:  # DDP: only rank 0 names the run; the others are told its folder
         return tempfile.gettempdir()
-    return f"outputs/runs/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{task}_{model}"
+    # the process id keeps apart runs started in the same second (a script launching seeds side by side)
+    return f"outputs/runs/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{task}_{model}_{os.getpid()}"
 
 
 OmegaConf.register_new_resolver("suite_run_dir", suite_run_dir, replace=True)

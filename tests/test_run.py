@@ -1,14 +1,16 @@
 """`python run.py ...` end to end on a tiny SST-2-shaped dataset, as a user would run it."""
 
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_suite, write_sst2
+from tests.conftest import ROOT, run_suite, write_sst2
 
 TINY = ["task=sentiment", "model=tiny", "task.vocab_size=200", "trainer.batch_size=16", "trainer.lr=1e-3",
         "trainer.warmup_steps=10", "trainer.max_minutes=0", "trainer.log_every=5"]
@@ -166,3 +168,16 @@ def test_two_processes_make_one_run_and_agree(data_root, tmp_path):
     assert "x2" in saved["device"]
     db = sqlite3.connect(tmp_path / "outputs" / "leaderboard.db")
     assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, data_root):
+    """Seeds launched side by side by a script: each run must keep its own folder, weights and metrics."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SUITE_DATA": "", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, str(ROOT / "run.py"), *TINY, "trainer.max_steps=4", f"data.root={data_root}"]
+    jobs = [subprocess.Popen([*args, f"trainer.seed={seed}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    for job in jobs:
+        assert job.wait(timeout=300) == 0, job.stderr.read()[-3000:]
+    folders = runs_in(tmp_path)
+    assert len(folders) == 2
+    assert sorted(json.loads((f / "metrics.json").read_text())["seed"] for f in folders) == [1, 2]
