@@ -69,6 +69,9 @@ def test_patch_embedding_shapes(size, channels, pooling, position, stem):
 def test_conv_stem_needs_a_power_of_two_patch():
     with pytest.raises(ValueError, match="power of 2"):
         VisionTransformer(TINY_CFG, (24, 24), 3, 1, 7, stem="conv")
+    for bad in (["task.stem=conv", "task.patch_size=7"], ["task.stem=convolutional"]):  # from config: one line
+        with pytest.raises(UserError, match="task.stem="):
+            vit_task(*bad)
 
 
 def test_a_run_saved_with_either_stem_reloads_with_it(tmp_path):
