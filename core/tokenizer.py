@@ -24,6 +24,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiec
                                          unk_token=SPECIAL["unk_token"]))
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
+        tok.normalizer = norm
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk_token"]))
         # line breaks (dialogue turns) are tokens of their own: no merge may span "pizza.\nBen:"
@@ -35,7 +36,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiec
                                                            special_tokens=specials))
     else:
         raise ValueError(f"tokenizer kind {kind!r}: choose wordpiece or bpe")
-    tok.normalizer = norm
     cls, sep = SPECIAL["cls_token"], SPECIAL["sep_token"]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B {sep}",
