@@ -195,12 +195,5 @@ def beam_search(model, input_ids, attention_mask, gen: GenerationConfig, use_cac
         prefix = torch.cat([prefix.index_select(0, index), torch.tensor(next_tokens, device=prefix.device)[:, None]], 1)
         scores = torch.tensor(next_scores, device=prefix.device).view(B, K)
         step.reorder(index)
-    out = []
-    for b in range(B):
-        if not closed[b]:  # max_new_tokens reached: live beams compete with the finished ones
-            length = prefix.size(1) ** gen.length_penalty
-            finished[b] += [(scores[b, k].item() / length, prefix[b * K + k, 1:].tolist()) for k in range(K)
-                            if scores[b, k] > float("-inf")]
-        best = max(finished[b], key=lambda x: x[0])
-        out.append(strip(best[1], model))
-    return out
+    # at its length limit every live beam could only end, so each source has finished hypotheses and no live ones
+    return [strip(max(hyps, key=lambda x: x[0])[1], model) for hyps in finished]
