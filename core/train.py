@@ -44,6 +44,8 @@ class TrainerConfig:
     mixed_precision: str = "auto"  # bf16, fp16, no, or auto: bf16 where the device computes it natively
     eval_every: int = 0  # optimizer steps between validations; 0 = once per epoch
     patience: int = 0  # stop after this many validations without improvement; 0 = never
+    sam_rho: float = 0.0  # sharpness-aware minimisation (Foret et al. 2021): take each step's gradient at the worst
+    #                       weights within this L2 radius; 0 = off. Costs a second forward + backward pass per step
     ema_decay: float = 0.0  # validate, keep and test an exponential moving average of the weights; 0 = off
     log_every: int = 20  # steps between progress-bar/TensorBoard updates
     seed: int = 0  # seeds Python, NumPy and torch on every process
@@ -56,6 +58,9 @@ class TrainerConfig:
         if not 0 <= self.warmup_max_fraction <= 1:
             raise ValueError(f"trainer.warmup_max_fraction={self.warmup_max_fraction}: "
                              "give a fraction of the run, 0 to 1 (0 = no cap)")
+        if self.sam_rho < 0 or (self.sam_rho and self.grad_accum > 1):
+            raise ValueError(f"trainer.sam_rho={self.sam_rho} with trainer.grad_accum={self.grad_accum}: SAM needs a "
+                             "radius >= 0 and one batch per step (grad_accum=1)")
         if self.clock not in CLOCKS:
             raise ValueError(f"trainer.clock={self.clock!r}: choose one of {sorted(CLOCKS)}")
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
@@ -228,6 +233,12 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
             with accelerator.accumulate(model):
                 loss = model(**batch)["loss"]
                 accelerator.backward(loss)
+                if t.sam_rho and accelerator.sync_gradients:
+                    def again(batch=batch):
+                        optimizer.zero_grad(set_to_none=True)
+                        accelerator.backward(model(**batch)["loss"])
+
+                    sam_gradients(list(model.parameters()), t.sam_rho, again)
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(model.parameters(), t.clip_grad or float("inf"))
                     if not torch.isfinite(norm):  # the norm of all-reduced gradients: every rank agrees
@@ -281,6 +292,19 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
         validate()
         state.elapsed = clock() - started
     return finish(task, model, accelerator, run_dir, state, params)
+
+
+def sam_gradients(params: list[torch.Tensor], rho: float, again) -> None:
+    """SAM's step (Foret et al. 2021): replace the gradients g by those at the nearby weights w + rho * g / |g|, the
+    first-order worst case within radius rho; `again()` zeroes the gradients and reruns forward and backward."""
+    params = [p for p in params if p.grad is not None]
+    with torch.no_grad():
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        shifts = [p.grad * (rho / (norm + 1e-12)) for p in params]
+        torch._foreach_add_(params, shifts)
+    again()
+    with torch.no_grad():
+        torch._foreach_sub_(params, shifts)
 
 
 def finish(task: Task, model, accelerator: Accelerator, run_dir: Path, state: TrainState, params: int) -> dict:

@@ -228,3 +228,40 @@ def test_time_budget_keeps_room_for_the_final_validation(tmp_path, monkeypatch):
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [100, 140]  # 1 s of steps, a 0.5 s validation, 0.4 s of steps, and...
     assert result["steps"] == 140 and result["train_seconds"] == pytest.approx(2.4)  # ...the last one: 2.4 s in all
+
+
+def test_sam_takes_the_gradient_at_the_perturbed_weights_and_restores_them():
+    """trainer.sam_rho: the step's gradient is the one at w + rho * g / |g|, computed here by hand on a copy."""
+    torch.manual_seed(0)
+    model, batch = Toy(), {"x": torch.randn(8, 4), "y": torch.randint(0, 2, (8,))}
+    weights = [p.detach().clone() for p in model.parameters()]
+    model(**batch)["loss"].backward()
+    g = [p.grad.clone() for p in model.parameters()]
+    norm = torch.sqrt(sum((gi**2).sum() for gi in g))
+    by_hand = Toy()
+    with torch.no_grad():
+        for q, w, gi in zip(by_hand.parameters(), weights, g):
+            q.copy_(w + 0.5 * gi / norm)
+    by_hand(**batch)["loss"].backward()
+
+    def again():
+        model.zero_grad(set_to_none=True)
+        model(**batch)["loss"].backward()
+
+    train.sam_gradients(list(model.parameters()), 0.5, again)
+    for p, w, q, gi in zip(model.parameters(), weights, by_hand.parameters(), g):
+        torch.testing.assert_close(p.detach(), w)  # the weights are back where they were
+        torch.testing.assert_close(p.grad, q.grad)  # ...with the gradient of the perturbed weights
+        assert not torch.allclose(p.grad, gi)  # which is not the plain gradient
+    with pytest.raises(ValueError, match="grad_accum=1"):
+        TrainerConfig(sam_rho=0.05, grad_accum=2)
+
+
+def test_sam_in_the_loop_runs_two_passes_per_step(tmp_path):
+    task = ToyTask()
+    built = []
+    task.build_model = lambda: built.append(Toy()) or built[-1]
+    t = TrainerConfig(lr=0.1, max_steps=16, warmup_steps=1, eval_every=8, mixed_precision="no", sam_rho=0.05)
+    result = fit(task, t, Accelerator(cpu=True), tmp_path)
+    assert built[0].calls == 2 * 16
+    assert result["metrics"]["accuracy"] >= 0.9
