@@ -257,11 +257,15 @@ def test_sam_takes_the_gradient_at_the_perturbed_weights_and_restores_them():
         TrainerConfig(sam_rho=0.05, grad_accum=2)
 
 
+class KeptToyTask(ToyTask):
+    def build_model(self):
+        self.model = Toy()
+        return self.model
+
+
 def test_sam_in_the_loop_runs_two_passes_per_step(tmp_path):
-    task = ToyTask()
-    built = []
-    task.build_model = lambda: built.append(Toy()) or built[-1]
+    task = KeptToyTask()
     t = TrainerConfig(lr=0.1, max_steps=16, warmup_steps=1, eval_every=8, mixed_precision="no", sam_rho=0.05)
     result = fit(task, t, Accelerator(cpu=True), tmp_path)
-    assert built[0].calls == 2 * 16
+    assert task.model.calls == 2 * 16  # training-mode forward passes
     assert result["metrics"]["accuracy"] >= 0.9
