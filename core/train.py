@@ -58,9 +58,11 @@ class TrainerConfig:
         if not 0 <= self.warmup_max_fraction <= 1:
             raise ValueError(f"trainer.warmup_max_fraction={self.warmup_max_fraction}: "
                              "give a fraction of the run, 0 to 1 (0 = no cap)")
-        if self.sam_rho < 0 or (self.sam_rho and self.grad_accum > 1):
-            raise ValueError(f"trainer.sam_rho={self.sam_rho} with trainer.grad_accum={self.grad_accum}: SAM needs a "
-                             "radius >= 0 and one batch per step (grad_accum=1)")
+        if self.sam_rho < 0:
+            raise ValueError(f"trainer.sam_rho={self.sam_rho}: give a radius >= 0 (0 = off)")
+        if self.sam_rho and self.grad_accum > 1:
+            raise ValueError(f"trainer.sam_rho={self.sam_rho} with trainer.grad_accum={self.grad_accum}: SAM takes "
+                             "one batch per step; set grad_accum=1")
         if self.clock not in CLOCKS:
             raise ValueError(f"trainer.clock={self.clock!r}: choose one of {sorted(CLOCKS)}")
         if self.mixed_precision not in ("auto", "bf16", "fp16", "no"):
@@ -233,13 +235,13 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
             with accelerator.accumulate(model):
                 loss = model(**batch)["loss"]
                 accelerator.backward(loss)
-                if t.sam_rho and accelerator.sync_gradients:
-                    def again(batch=batch):
-                        optimizer.zero_grad(set_to_none=True)
-                        accelerator.backward(model(**batch)["loss"])
-
-                    sam_gradients(list(model.parameters()), t.sam_rho, again)
                 if accelerator.sync_gradients:
+                    if t.sam_rho:
+                        def again(batch=batch):
+                            optimizer.zero_grad(set_to_none=True)
+                            accelerator.backward(model(**batch)["loss"])
+
+                        sam_gradients(list(model.parameters()), t.sam_rho, again)
                     norm = accelerator.clip_grad_norm_(model.parameters(), t.clip_grad or float("inf"))
                     if not torch.isfinite(norm):  # the norm of all-reduced gradients: every rank agrees
                         raise NonFiniteLoss(
@@ -299,7 +301,7 @@ def sam_gradients(params: list[torch.Tensor], rho: float, again) -> None:
     first-order worst case within radius rho; `again()` zeroes the gradients and reruns forward and backward."""
     params = [p for p in params if p.grad is not None]
     with torch.no_grad():
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         shifts = [p.grad * (rho / (norm + 1e-12)) for p in params]
         torch._foreach_add_(params, shifts)
     again()

@@ -255,6 +255,8 @@ def test_sam_takes_the_gradient_at_the_perturbed_weights_and_restores_them():
         assert not torch.allclose(p.grad, gi)  # which is not the plain gradient
     with pytest.raises(ValueError, match="grad_accum=1"):
         TrainerConfig(sam_rho=0.05, grad_accum=2)
+    with pytest.raises(ValueError, match="radius >= 0"):
+        TrainerConfig(sam_rho=-1.0)
 
 
 class KeptToyTask(ToyTask):
