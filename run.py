@@ -179,12 +179,15 @@ def show_leaderboard(cfg: DictConfig) -> None:
 def model_variant(cfg: DictConfig) -> str:
     """What the leaderboard compares: the model config's name (`small`, `small_rope`, ...), followed by the
     `model.<field>=<value>` overrides of the command line (`small+position=rope`), so that sweeping a field
-    (`-m model.position=sinusoidal,rope`) gives one variant per value instead of merging them."""
+    (`-m model.position=sinusoidal,rope`) gives one variant per value instead of merging them. A model distilled
+    from saved runs (`task.teachers`) says from how many: `small+teachers=3`."""
     if not HydraConfig.initialized():
         return "custom"
     hydra_cfg = HydraConfig.get()
     fields = [o.lstrip("+~").removeprefix("model.") for o in hydra_cfg.overrides.task
               if o.lstrip("+~").startswith("model.")]
+    if cfg.task.get("teachers"):  # distilled from saved runs: a different recipe for the same model
+        fields.append(f"teachers={len(cfg.task.teachers)}")
     return "+".join([hydra_cfg.runtime.choices.get("model", "custom"), *sorted(fields)])
 
 

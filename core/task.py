@@ -147,6 +147,15 @@ def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:
     return model.eval()
 
 
+def load_run(run_dir: Path) -> tuple[Task, nn.Module]:
+    """The task (its saved config and assets) and the trained model of a saved run, ready for inference."""
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a saved run (no config.yaml); point at a folder under outputs/runs")
+    task = load_task(OmegaConf.load(run_dir / "config.yaml"))
+    task.load_assets(run_dir)
+    return task, load_weights(task.build_model(), run_dir)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

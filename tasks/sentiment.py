@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -27,15 +28,16 @@ class SequenceClassifier(nn.Module):
     """Token embedding -> the shared encoder -> mean (or [CLS]) pooling -> dropout -> linear classifier."""
 
     def __init__(self, cfg: TransformerConfig, vocab_size: int, num_labels: int, pad_id: int, pooling: str = "mean",
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, distill_alpha: float = 0.0, distill_temperature: float = 1.0):
         super().__init__()
         self.embed = TokenEmbedding(vocab_size, cfg.d_model, padding_idx=pad_id)
         self.encoder = Encoder(cfg)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.d_model, num_labels))
         self.pooling, self.label_smoothing = pooling, label_smoothing
+        self.distill_alpha, self.distill_temperature = distill_alpha, distill_temperature
         init_weights(self.encoder)
 
-    def forward(self, input_ids, attention_mask, labels=None) -> dict:
+    def forward(self, input_ids, attention_mask, labels=None, teacher_probs=None) -> dict:
         mask = attention_mask.bool()  # (B, S) True at real tokens
         h = self.encoder(self.embed(input_ids), mask)  # (B, S, D)
         if self.pooling == "cls":
@@ -46,6 +48,11 @@ class SequenceClassifier(nn.Module):
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        if labels is not None and teacher_probs is not None:  # knowledge distillation (Hinton et al. 2015): also
+            # match the teachers' class probabilities at temperature T; T^2 keeps the soft gradients' scale
+            t, a = self.distill_temperature, self.distill_alpha
+            soft = F.kl_div(F.log_softmax(logits / t, -1), teacher_probs, reduction="batchmean") * t * t
+            out["loss"] = (1 - a) * out["loss"] + a * soft
         return out
 
 
@@ -89,6 +96,30 @@ class Task(base.Task):
         else:
             self.load_assets(run_dir)
         self.data = self._encode(ds)
+        if self.cfg.task.get("teachers"):
+            probs = self._teacher_probabilities(list(ds["train"]["text"]))
+            self.data["train"] = self.data["train"].add_column("teacher_probs", probs.tolist())
+
+    @torch.no_grad()
+    def _teacher_probabilities(self, texts: list[str]) -> torch.Tensor:
+        """The mean over `task.teachers` (saved runs) of each one's class probabilities at temperature
+        `task.distill_temperature`, computed once on the clean training texts: the targets of distillation."""
+        tc, tick, probs = self.cfg.task, time.perf_counter(), []
+        for run_dir in tc.teachers:
+            teacher, model = base.load_run(Path(run_dir))
+            if teacher.cfg.task.name != tc.name or teacher.labels != self.labels:
+                raise base.UserError(f"teacher {run_dir} is not a {tc.name} model with the labels {self.labels}")
+            enc = teacher.tokenizer(texts, truncation=True, max_length=teacher.cfg.task.max_len)["input_ids"]
+            order = sorted(range(len(enc)), key=lambda i: len(enc[i]))  # batches of like lengths: little padding
+            logits = torch.empty(len(enc), len(self.labels))
+            for start in range(0, len(order), 128):
+                rows = order[start : start + 128]
+                batch = teacher.tokenizer.pad({"input_ids": [enc[i] for i in rows]}, return_tensors="pt")
+                logits[rows] = model(**batch)["logits"]
+            probs.append(logits.div(tc.distill_temperature).softmax(-1))
+        log.info("distilling from %d teacher(s); their training-set probabilities took %.0f s", len(probs),
+                 time.perf_counter() - tick)
+        return torch.stack(probs).mean(0)
 
     def _label_names(self, ds: DatasetDict) -> list[str]:
         """Class names: the data's ClassLabel names, else `task.label_names` for 0..n-1 ids, else sorted values."""
@@ -134,7 +165,8 @@ class Task(base.Task):
     def build_model(self) -> nn.Module:
         tc = self.cfg.task
         return SequenceClassifier(self.model_cfg, len(self.tokenizer), len(self.labels), self.tokenizer.pad_token_id,
-                                  tc.pooling, tc.label_smoothing)
+                                  tc.pooling, tc.label_smoothing, tc.get("distill_alpha", 0.0),
+                                  tc.get("distill_temperature", 1.0))
 
     def model_extras(self) -> dict:
         return {"vocab_size": len(self.tokenizer), "labels": self.labels, "pooling": self.cfg.task.pooling}

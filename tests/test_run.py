@@ -86,6 +86,18 @@ def test_predict_text_and_file(trained, tmp_path):
     assert lines[2].startswith("positive")
 
 
+def test_a_distilled_run_names_its_teachers_and_predicts(trained, data_root, tmp_path):
+    _, teacher, _ = trained
+    out = run_suite(*TINY, "trainer.max_steps=20", f"data.root={data_root}", f"task.teachers=[{teacher}]",
+                    cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "distilling from 1 teacher(s)" in out.stdout + out.stderr
+    (row,) = leaderboard_json(tmp_path)
+    assert row["model"] == "tiny+teachers=1"  # not merged with the plain runs of the same model
+    out = run_suite("mode=predict", f"run_dir={row['run_dir']}", "text=a lovely film", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.count("\t") == 2, out.stderr
+
+
 def test_predict_refuses_corrupt_or_foreign_runs(trained, tmp_path):
     workdir, run_dir, _ = trained
     broken = tmp_path / "broken"

@@ -1,12 +1,13 @@
-"""The sentiment task's own pieces: word dropout and label handling."""
+"""The sentiment task's own pieces: word dropout, label handling and distillation."""
 
 import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import DataCollatorWithPadding
 
-from core.task import UserError, load_task
+from core.task import UserError, load_task, save_weights
 from core.tokenizer import train_tokenizer
 from tasks.sentiment import TokenDropout
 from tests.conftest import write_sst2
@@ -50,3 +51,60 @@ def test_wordpiece_vocabulary_is_the_same_on_every_fit():
     tok = train_tokenizer(texts, vocab_size=120)
     assert tok.decode(tok(texts[0])["input_ids"], skip_special_tokens=True) == texts[0]
     assert tok.unk_token_id not in tok("w5x1 w99x9")["input_ids"]  # unseen words still split into known pieces
+
+
+def _saved_teacher(folder, data_root):
+    """An (untrained) sentiment run saved as run.py saves one: config.yaml, tokenizer, labels and weights."""
+    cfg = compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=200", f"data.root={data_root}")
+    teacher = load_task(cfg)
+    folder.mkdir()
+    teacher.prepare(folder, is_main=True)
+    torch.manual_seed(1)
+    model = teacher.build_model().eval()
+    save_weights(model, folder, {"task": "sentiment"})
+    OmegaConf.save(cfg, folder / "config.yaml")
+    return teacher, model
+
+
+def test_distillation_learns_the_mean_teacher_probabilities(data_root, tmp_path):
+    teachers = [_saved_teacher(tmp_path / f"teacher{i}", data_root) for i in range(2)]
+    student = load_task(compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=200", f"data.root={data_root}",
+                                    f"task.teachers=[{tmp_path / 'teacher0'},{tmp_path / 'teacher1'}]",
+                                    "task.distill_temperature=2", "task.distill_alpha=0.7"))
+    (tmp_path / "student").mkdir()
+    student.prepare(tmp_path / "student", is_main=True)
+
+    texts = [json.loads(line)["text"] for line in (data_root / "sst2" / "train.jsonl").read_text().splitlines()]
+    expected = torch.zeros(len(texts), 2)
+    with torch.no_grad():
+        for teacher, model in teachers:  # one sentence at a time: no padding at all
+            for i, text in enumerate(texts):
+                enc = teacher.tokenizer(text, return_tensors="pt")
+                expected[i] += model(**enc)["logits"][0].div(2).softmax(-1) / len(teachers)
+    targets = torch.tensor(student.data["train"]["teacher_probs"])
+    assert torch.allclose(targets, expected, atol=1e-5)
+    assert not torch.allclose(expected[:, 0], expected[0, 0])  # the teachers do tell sentences apart
+
+    batch = next(iter(student.dataloader("train", train=True)))
+    assert batch["teacher_probs"].shape == (len(batch["labels"]), 2)
+    model = student.build_model().eval()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])["logits"]
+    p = batch["teacher_probs"]
+    kl = (p * (p.log() - (logits / 2).log_softmax(-1))).sum(-1).mean()
+    want = 0.3 * torch.nn.functional.cross_entropy(logits, batch["labels"]) + 0.7 * 4 * kl
+    assert torch.allclose(model(**batch)["loss"], want, atol=1e-5)
+    assert "teacher_probs" not in student.data["validation"].column_names  # validation and test stay plain
+
+
+def test_a_teacher_that_is_not_a_saved_sentiment_run_is_named(data_root, tmp_path):
+    cfg = compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=200", f"data.root={data_root}",
+                      f"task.teachers=[{tmp_path / 'nowhere'}]")
+    task = load_task(cfg)
+    with pytest.raises(UserError, match="nowhere is not a saved run"):
+        task.prepare(tmp_path, is_main=True)
+    teacher, _ = _saved_teacher(tmp_path / "teacher", data_root)
+    (tmp_path / "teacher" / "labels.json").write_text(json.dumps(["bad", "good"]))
+    task = load_task(compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=200", f"data.root={data_root}",
+                                 f"task.teachers=[{tmp_path / 'teacher'}]"))
+    with pytest.raises(UserError, match="not a sentiment model with the labels"):
+        task.prepare(tmp_path, is_main=True)
