@@ -4,8 +4,9 @@ the target (80%) should hold for every seed, not on average.
 
 The recipe (`--teachers 3`, the default) is knowledge distillation from an ensemble: for seed s it trains three
 default models (seeds 100(s+1), +1, +2), then the model it scores, seed s, with `task.teachers=[those runs]` and the
-minutes left of the 15. The scored model is the default one, same size and settings; only its loss differs.
-`--teachers 0` scores the plain default run, `python run.py task=sentiment trainer.seed=s`.
+minutes left of the 15 (`trainer.max_minutes`). The scored model is the default one, same size and settings; only
+its loss differs (the teachers' mean probabilities on each of its batches, beside the labels). `--teachers 0`
+scores the plain default run, `python run.py task=sentiment trainer.seed=s`.
 
     SUITE_DATA=../shared/data python bench/sentiment_quality.py [--seeds 0 1 2] [--teachers 3] [Hydra overrides]
 """

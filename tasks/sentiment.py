@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from datasets import ClassLabel, DatasetDict
 from sklearn.metrics import f1_score
 from torch import nn
@@ -19,6 +19,7 @@ from core import task as base
 from core.attention import last_layer, token_heatmap
 from core.data import drop_empty, load_splits
 from core.tokenizer import train_tokenizer
+from core.train import resolve_precision
 from core.transformer import Encoder, TokenEmbedding, TransformerConfig, init_weights, record_attention
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,27 @@ class TokenDropout:
         return batch
 
 
+class TeacherTargets:
+    """Collate (word dropout included), then add the teachers' mean class probabilities at temperature T on the very
+    batch the student sees: distillation targets consistent with the student's input, a new view each epoch
+    ("a good teacher is patient and consistent", Beyer et al. 2022). The teachers are frozen saved runs."""
+
+    def __init__(self, collate, teachers: list[nn.Module], temperature: float, device: torch.device,
+                 dtype: torch.dtype | None):
+        self.collate, self.t, self.device, self.dtype = collate, temperature, device, dtype
+        self.teachers = [m.to(device).eval().requires_grad_(False) for m in teachers]
+
+    @torch.no_grad()
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.collate(rows)
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            probs = [m(input_ids=ids, attention_mask=mask)["logits"].float().div(self.t).softmax(-1)
+                     for m in self.teachers]
+        batch["teacher_probs"] = torch.stack(probs).mean(0)  # (B, num_labels)
+        return batch
+
+
 class Task(base.Task):
     """Text classification; metrics `accuracy` and `macro_f1` (fractions)."""
 
@@ -82,6 +104,7 @@ class Task(base.Task):
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.labels: list[str] = []
         self.data: DatasetDict | None = None
+        self.teachers: list[nn.Module] = []  # saved runs to distil from (task.teachers)
 
     # -- data --------------------------------------------------------------------------------------------------------
     def prepare(self, run_dir: Path, is_main: bool) -> None:
@@ -96,30 +119,19 @@ class Task(base.Task):
         else:
             self.load_assets(run_dir)
         self.data = self._encode(ds)
-        if self.cfg.task.get("teachers"):
-            probs = self._teacher_probabilities(list(ds["train"]["text"]))
-            self.data["train"] = self.data["train"].add_column("teacher_probs", probs.tolist())
+        self.teachers = [self._load_teacher(Path(run_dir)) for run_dir in self.cfg.task.get("teachers") or []]
+        if self.teachers:
+            log.info("distilling from %d teacher(s): %s", len(self.teachers), ", ".join(self.cfg.task.teachers))
 
-    @torch.no_grad()
-    def _teacher_probabilities(self, texts: list[str]) -> torch.Tensor:
-        """The mean over `task.teachers` (saved runs) of each one's class probabilities at temperature
-        `task.distill_temperature`, computed once on the clean training texts: the targets of distillation."""
-        tc, tick, probs = self.cfg.task, time.perf_counter(), []
-        for run_dir in tc.teachers:
-            teacher, model = base.load_run(Path(run_dir))
-            if teacher.cfg.task.name != tc.name or teacher.labels != self.labels:
-                raise base.UserError(f"teacher {run_dir} is not a {tc.name} model with the labels {self.labels}")
-            enc = teacher.tokenizer(texts, truncation=True, max_length=teacher.cfg.task.max_len)["input_ids"]
-            order = sorted(range(len(enc)), key=lambda i: len(enc[i]))  # batches of like lengths: little padding
-            logits = torch.empty(len(enc), len(self.labels))
-            for start in range(0, len(order), 128):
-                rows = order[start : start + 128]
-                batch = teacher.tokenizer.pad({"input_ids": [enc[i] for i in rows]}, return_tensors="pt")
-                logits[rows] = model(**batch)["logits"]
-            probs.append(logits.div(tc.distill_temperature).softmax(-1))
-        log.info("distilling from %d teacher(s); their training-set probabilities took %.0f s", len(probs),
-                 time.perf_counter() - tick)
-        return torch.stack(probs).mean(0)
+    def _load_teacher(self, run_dir: Path) -> nn.Module:
+        """A saved run's model, checked to read the same tokens and predict the same labels as this task."""
+        teacher, model = base.load_run(run_dir)
+        if teacher.cfg.task.name != self.cfg.task.name or teacher.labels != self.labels:
+            raise base.UserError(f"teacher {run_dir} is not a {self.cfg.task.name} model with the labels {self.labels}")
+        if teacher.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise base.UserError(f"teacher {run_dir} has another vocabulary: distil from runs trained on the same "
+                                 "data with the same task.vocab_size, task.tokenizer and task.lowercase")
+        return model
 
     def _label_names(self, ds: DatasetDict) -> list[str]:
         """Class names: the data's ClassLabel names, else `task.label_names` for 0..n-1 ids, else sorted values."""
@@ -158,8 +170,21 @@ class Task(base.Task):
         collate = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=8)
         if train and self.cfg.task.token_dropout > 0:
             collate = TokenDropout(collate, self.cfg.task.token_dropout, self.tokenizer)
+        if train and self.teachers:
+            collate = TeacherTargets(collate, self.teachers, self.cfg.task.distill_temperature,
+                                     self._teacher_device(), self._teacher_dtype())
         return DataLoader(self.data[split].with_format("torch"), batch_size=batch_size, shuffle=train,
                           collate_fn=collate, num_workers=t.num_workers, drop_last=train)
+
+    def _teacher_device(self) -> torch.device:
+        """The training device, where the teachers run beside the student; the CPU in DataLoader workers."""
+        return PartialState().device if self.cfg.trainer.num_workers == 0 else torch.device("cpu")
+
+    def _teacher_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the trainer's precision, so that the teachers cost what a forward pass costs."""
+        device = self._teacher_device()
+        precision = resolve_precision(self.cfg.trainer.mixed_precision, use_cpu=device.type == "cpu")
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     # -- model and metrics -------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

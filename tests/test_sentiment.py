@@ -66,34 +66,35 @@ def _saved_teacher(folder, data_root):
     return teacher, model
 
 
-def test_distillation_learns_the_mean_teacher_probabilities(data_root, tmp_path):
-    teachers = [_saved_teacher(tmp_path / f"teacher{i}", data_root) for i in range(2)]
+def test_distillation_targets_are_the_teachers_on_the_students_batch(data_root, tmp_path):
+    teachers = [_saved_teacher(tmp_path / f"teacher{i}", data_root)[1] for i in range(2)]
+    before = [m.state_dict()["head.1.weight"].clone() for m in teachers]
     student = load_task(compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=200", f"data.root={data_root}",
                                     f"task.teachers=[{tmp_path / 'teacher0'},{tmp_path / 'teacher1'}]",
-                                    "task.distill_temperature=2", "task.distill_alpha=0.7"))
+                                    "task.distill_temperature=2", "task.distill_alpha=0.7", "task.token_dropout=0.3",
+                                    "trainer.mixed_precision=no"))
     (tmp_path / "student").mkdir()
     student.prepare(tmp_path / "student", is_main=True)
-
-    texts = [json.loads(line)["text"] for line in (data_root / "sst2" / "train.jsonl").read_text().splitlines()]
-    expected = torch.zeros(len(texts), 2)
-    with torch.no_grad():
-        for teacher, model in teachers:  # one sentence at a time: no padding at all
-            for i, text in enumerate(texts):
-                enc = teacher.tokenizer(text, return_tensors="pt")
-                expected[i] += model(**enc)["logits"][0].div(2).softmax(-1) / len(teachers)
-    targets = torch.tensor(student.data["train"]["teacher_probs"])
-    assert torch.allclose(targets, expected, atol=1e-5)
-    assert not torch.allclose(expected[:, 0], expected[0, 0])  # the teachers do tell sentences apart
+    assert "teacher_probs" not in student.dataloader("validation", train=False).dataset.column_names
 
     batch = next(iter(student.dataloader("train", train=True)))
-    assert batch["teacher_probs"].shape == (len(batch["labels"]), 2)
-    model = student.build_model().eval()
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])["logits"]
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert (ids == student.tokenizer.unk_token_id).any()  # the teachers see the student's word-dropped input
+    with torch.no_grad():
+        expected = sum(m(input_ids=ids, attention_mask=mask)["logits"].div(2).softmax(-1) for m in teachers) / 2
     p = batch["teacher_probs"]
+    assert torch.allclose(p, expected, atol=1e-6) and torch.allclose(p.sum(-1), torch.ones(len(ids)))
+    assert not torch.allclose(p[:, 0], p[0, 0])  # the teachers do tell sentences apart
+
+    model = student.build_model()
+    logits = model.eval()(input_ids=ids, attention_mask=mask)["logits"]
     kl = (p * (p.log() - (logits / 2).log_softmax(-1))).sum(-1).mean()
     want = 0.3 * torch.nn.functional.cross_entropy(logits, batch["labels"]) + 0.7 * 4 * kl
-    assert torch.allclose(model(**batch)["loss"], want, atol=1e-5)
-    assert "teacher_probs" not in student.data["validation"].column_names  # validation and test stay plain
+    loss = model(**batch)["loss"]
+    assert torch.allclose(loss, want, atol=1e-5)
+    loss.backward()  # the student learns; the teachers stay frozen
+    assert all(q.grad is None for m in teachers for q in m.parameters())
+    assert all(torch.equal(m.state_dict()["head.1.weight"], w) for m, w in zip(teachers, before))
 
 
 def test_a_teacher_that_is_not_a_saved_sentiment_run_is_named(data_root, tmp_path):
@@ -107,4 +108,9 @@ def test_a_teacher_that_is_not_a_saved_sentiment_run_is_named(data_root, tmp_pat
     task = load_task(compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=200", f"data.root={data_root}",
                                  f"task.teachers=[{tmp_path / 'teacher'}]"))
     with pytest.raises(UserError, match="not a sentiment model with the labels"):
+        task.prepare(tmp_path, is_main=True)
+    (tmp_path / "teacher" / "labels.json").write_text(json.dumps(["negative", "positive"]))
+    task = load_task(compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=60", f"data.root={data_root}",
+                                 f"task.teachers=[{tmp_path / 'teacher'}]"))
+    with pytest.raises(UserError, match="has another vocabulary"):
         task.prepare(tmp_path, is_main=True)
