@@ -3,10 +3,11 @@ once per seed; each run's test metrics, training time and throughput, then the m
 the target (80%) should hold for every seed, not on average.
 
 The recipe (`--teachers 3`, the default) is knowledge distillation from an ensemble: for seed s it trains three
-default models (seeds 100(s+1), +1, +2), then the model it scores, seed s, with `task.teachers=[those runs]` and the
-minutes left of the 15 (`trainer.max_minutes`). The scored model is the default one, same size and settings; only
-its loss differs (the teachers' mean probabilities on each of its batches, beside the labels). `--teachers 0`
-scores the plain default run, `python run.py task=sentiment trainer.seed=s`.
+default models (seeds 100(s+1), +1, +2), then the model it scores, seed s, with `task.teachers=[those runs]`,
+`trainer.epochs=8` (`--student-epochs`; the teachers' targets keep it from overfitting as the labels alone do after
+5) and the minutes left of the 15 (`trainer.max_minutes`). The scored model is the default one, same size and
+settings; only its loss (the teachers' mean probabilities on each of its batches, beside the labels) and its
+epochs differ. `--teachers 0` scores the plain default run, `python run.py task=sentiment trainer.seed=s`.
 
     SUITE_DATA=../shared/data python bench/sentiment_quality.py [--seeds 0 1 2] [--teachers 3] [Hydra overrides]
 """
@@ -32,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--teachers", type=int, default=3, help="models to distil from per seed; 0 = the plain run")
+    ap.add_argument("--student-epochs", type=int, default=8, help="epochs of the distilled model")
     args, overrides = ap.parse_known_args()
     accuracies = []
     for seed in args.seeds:
@@ -44,7 +46,8 @@ def main() -> None:
             print(f"  teacher seed {r['seed']}: test accuracy {r['metrics']['accuracy']:.2%}, training "
                   f"{r['train_seconds'] / 60:.1f} min", flush=True)
         distil = [f"task.teachers=[{','.join(r['run_dir'] for r in teachers)}]",
-                  f"trainer.max_minutes={BUDGET_MINUTES - spent:.2f}"] if teachers else []
+                  f"trainer.max_minutes={BUDGET_MINUTES - spent:.2f}", f"trainer.epochs={args.student_epochs}"] \
+            if teachers else []
         row = train(seed, *distil, *overrides)
         m, total = row["metrics"], spent + row["train_seconds"] / 60
         accuracies.append(m["accuracy"])
