@@ -186,8 +186,9 @@ def model_variant(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     fields = [o.lstrip("+~").removeprefix("model.") for o in hydra_cfg.overrides.task
               if o.lstrip("+~").startswith("model.")]
-    if cfg.task.get("teachers"):  # distilled from saved runs: a different recipe for the same model
-        fields.append(f"teachers={len(cfg.task.teachers)}")
+    teachers = cfg.task.get("teachers")
+    if teachers:  # distilled from saved runs (a list, or one run without brackets): another recipe, the same model
+        fields.append(f"teachers={1 if isinstance(teachers, str) else len(teachers)}")
     return "+".join([hydra_cfg.runtime.choices.get("model", "custom"), *sorted(fields)])
 
 

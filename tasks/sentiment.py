@@ -119,9 +119,11 @@ class Task(base.Task):
         else:
             self.load_assets(run_dir)
         self.data = self._encode(ds)
-        self.teachers = [self._load_teacher(Path(run_dir)) for run_dir in self.cfg.task.get("teachers") or []]
+        teachers = self.cfg.task.get("teachers") or []
+        teachers = [teachers] if isinstance(teachers, str) else list(teachers)  # task.teachers=<run> without [...]
+        self.teachers = [self._load_teacher(Path(run_dir)) for run_dir in teachers]
         if self.teachers:
-            log.info("distilling from %d teacher(s): %s", len(self.teachers), ", ".join(self.cfg.task.teachers))
+            log.info("distilling from %d teacher(s): %s", len(self.teachers), ", ".join(teachers))
 
     def _load_teacher(self, run_dir: Path) -> nn.Module:
         """A saved run's model, checked to read the same tokens and predict the same labels as this task."""

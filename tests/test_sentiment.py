@@ -99,7 +99,7 @@ def test_distillation_targets_are_the_teachers_on_the_students_batch(data_root, 
 
 def test_a_teacher_that_is_not_a_saved_sentiment_run_is_named(data_root, tmp_path):
     cfg = compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=200", f"data.root={data_root}",
-                      f"task.teachers=[{tmp_path / 'nowhere'}]")
+                      f"task.teachers={tmp_path / 'nowhere'}")  # one run, given without brackets
     task = load_task(cfg)
     with pytest.raises(UserError, match="nowhere is not a saved run"):
         task.prepare(tmp_path, is_main=True)
