@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from core import leaderboard, leaderboard_page
-from core.task import UserError, device_name, load_task, load_weights
+from core.task import UserError, device_name, load_run, load_task, saved_config
 
 log = logging.getLogger("run")
 PREDICT_KEYS_FROM_SAVED = ("task", "model", "data", "trainer")  # what a saved run fixes; the rest comes from the CLI
@@ -126,18 +126,14 @@ def load_saved_run(cfg: DictConfig):
     if not cfg.run_dir:
         raise UserError(f"mode={cfg.mode} needs run_dir=<a saved run folder>")
     run_dir = Path(cfg.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a saved run (no config.yaml); point run_dir at a folder under outputs/")
-    saved = OmegaConf.load(run_dir / "config.yaml")
+    saved = saved_config(run_dir)
     chosen = [o.split("=", 1)[1] for o in HydraConfig.get().overrides.task if o.startswith("task=")]
     if chosen and chosen[0] != saved.task.name:
         raise UserError(f"{run_dir} holds a {saved.task.name} model, not {chosen[0]}: use task={saved.task.name}")
     if saved.task.name != cfg.task.name:  # no task= given: compose the saved task's config (its keys, its defaults)
         cfg = hydra.compose("config", overrides=[*HydraConfig.get().overrides.task, f"task={saved.task.name}"])
     merged = OmegaConf.merge(cfg, {k: saved[k] for k in PREDICT_KEYS_FROM_SAVED if k in saved})
-    task = load_task(merged)
-    task.load_assets(run_dir)
-    return task, load_weights(task.build_model(), run_dir), run_dir
+    return *load_run(run_dir, merged), run_dir
 
 
 def predict(cfg: DictConfig) -> None:

@@ -147,11 +147,16 @@ def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:
     return model.eval()
 
 
-def load_run(run_dir: Path) -> tuple[Task, nn.Module]:
-    """The task (its saved config and assets) and the trained model of a saved run, ready for inference."""
+def saved_config(run_dir: Path) -> DictConfig:
+    """The resolved config a training run saved in its folder."""
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a saved run (no config.yaml); point at a folder under outputs/runs")
-    task = load_task(OmegaConf.load(run_dir / "config.yaml"))
+    return OmegaConf.load(run_dir / "config.yaml")
+
+
+def load_run(run_dir: Path, cfg: DictConfig | None = None) -> tuple[Task, nn.Module]:
+    """The task and trained model of a saved run, ready for inference; `cfg` defaults to the run's saved config."""
+    task = load_task(cfg if cfg is not None else saved_config(run_dir))
     task.load_assets(run_dir)
     return task, load_weights(task.build_model(), run_dir)
 

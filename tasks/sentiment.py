@@ -173,8 +173,9 @@ class Task(base.Task):
         if train and self.cfg.task.token_dropout > 0:
             collate = TokenDropout(collate, self.cfg.task.token_dropout, self.tokenizer)
         if train and self.teachers:
-            collate = TeacherTargets(collate, self.teachers, self.cfg.task.distill_temperature,
-                                     self._teacher_device(), self._teacher_dtype())
+            device = self._teacher_device()
+            collate = TeacherTargets(collate, self.teachers, self.cfg.task.distill_temperature, device,
+                                     self._teacher_dtype(device))
         return DataLoader(self.data[split].with_format("torch"), batch_size=batch_size, shuffle=train,
                           collate_fn=collate, num_workers=t.num_workers, drop_last=train)
 
@@ -182,9 +183,8 @@ class Task(base.Task):
         """The training device, where the teachers run beside the student; the CPU in DataLoader workers."""
         return PartialState().device if self.cfg.trainer.num_workers == 0 else torch.device("cpu")
 
-    def _teacher_dtype(self) -> torch.dtype | None:
+    def _teacher_dtype(self, device: torch.device) -> torch.dtype | None:
         """The autocast dtype of the trainer's precision, so that the teachers cost what a forward pass costs."""
-        device = self._teacher_device()
         precision = resolve_precision(self.cfg.trainer.mixed_precision, use_cpu=device.type == "cpu")
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
