@@ -30,7 +30,6 @@ from core.task import UserError, device_name, load_run, load_task, saved_config
 
 log = logging.getLogger("run")
 PREDICT_KEYS_FROM_SAVED = ("task", "model", "data", "trainer")  # what a saved run fixes; the rest comes from the CLI
-INPUT_KEYS = ("text", "input", "audio", "image", "csv")  # mode=attention draws one of these instead of a test example
 
 
 def suite_run_dir(mode: str, run_dir: str | None, task: str, model: str) -> str:
@@ -107,7 +106,7 @@ def train(cfg: DictConfig) -> dict:
         config = OmegaConf.to_container(cfg, resolve=True)
         config.get("leaderboard", {}).pop("references", None)  # the same for every run: kept once, in conf/leaderboard/
         row = {"run_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task.name}-{uuid.uuid4().hex[:6]}",
-               "task": cfg.task.name, "dataset": task.dataset_name(), "model": model_variant(cfg),
+               "task": cfg.task.name, "dataset": task.dataset_name(), "model": model_variant(cfg, task),
                "metrics": result["metrics"], "params": result["params"], "train_seconds": result["train_seconds"],
                "samples_per_second": result["samples_per_second"], "seed": t.seed, "headline": task.metric,
                "device": device_name(accelerator.device, accelerator.num_processes),
@@ -146,7 +145,7 @@ def predict(cfg: DictConfig) -> None:
 def attention(cfg: DictConfig) -> None:
     """Reload a saved run and draw what its attention looks at on one input (the first test example by default)."""
     task, model, run_dir = load_saved_run(cfg)
-    inputs = task.read_inputs() if any(cfg.get(key) for key in INPUT_KEYS) else None
+    inputs = task.read_inputs() if any(cfg.get(key) for key in task.input_keys) else None
     path = task.attention(model, inputs, Path(cfg.out or run_dir / "attention.png"))
     print(f"attention picture written to {path.resolve()}")
 
@@ -172,20 +171,17 @@ def show_leaderboard(cfg: DictConfig) -> None:
         print(leaderboard.render(runs, lb.format, view, references(cfg)))
 
 
-def model_variant(cfg: DictConfig) -> str:
+def model_variant(cfg: DictConfig, task) -> str:
     """What the leaderboard compares: the model config's name (`small`, `small_rope`, ...), followed by the
     `model.<field>=<value>` overrides of the command line (`small+position=rope`), so that sweeping a field
-    (`-m model.position=sinusoidal,rope`) gives one variant per value instead of merging them. A model distilled
-    from saved runs (`task.teachers`) says from how many: `small+teachers=3`."""
+    (`-m model.position=sinusoidal,rope`) gives one variant per value instead of merging them, and by what the task's
+    recipe adds (`small+teachers=3` for a model distilled from three saved runs)."""
     if not HydraConfig.initialized():
         return "custom"
     hydra_cfg = HydraConfig.get()
     fields = [o.lstrip("+~").removeprefix("model.") for o in hydra_cfg.overrides.task
               if o.lstrip("+~").startswith("model.")]
-    teachers = cfg.task.get("teachers")
-    if teachers:  # distilled from saved runs (a list, or one run without brackets): another recipe, the same model
-        fields.append(f"teachers={1 if isinstance(teachers, str) else len(teachers)}")
-    return "+".join([hydra_cfg.runtime.choices.get("model", "custom"), *sorted(fields)])
+    return "+".join([hydra_cfg.runtime.choices.get("model", "custom"), *sorted(fields + task.variant_tags())])
 
 
 def code_version() -> str | None:

@@ -1,11 +1,18 @@
-"""The task interface: what `tasks/<name>.py` gives the runner, and how the runner finds it by name."""
+"""The task interface: what `tasks/<name>.py` gives the runner, how the runner finds it by name, and saved runs.
+
+A task is its data, its metric and its predict code. Its model is one of the shared heads (`core/heads.py`,
+`core/tagging.py`, `core/seq2seq.py`, `core/forecaster.py`) on the shared core, configured by the `model` group
+(the core) and by the task (its stem and head fields of `core.modeling.SuiteConfig`).
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -14,7 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers import PreTrainedModel
 
+from core.modeling import SuiteConfig, SuitePreTrainedModel
 from core.transformer import TransformerConfig
 
 log = logging.getLogger(__name__)
@@ -49,23 +58,27 @@ def to_dataclass(node: DictConfig, cls: type, prefix: str):
 
 
 def model_config(cfg: DictConfig) -> TransformerConfig:
-    """The `model` config group as the core's dataclass."""
+    """The `model` group as the core's dataclass."""
     return to_dataclass(cfg.model, TransformerConfig, "model")
 
 
 class Task:
-    """Base class of every task: data, model (stem -> shared core -> head), metrics and prediction.
+    """Base class of every task: data, metrics and prediction around one shared head.
 
-    A subclass sets `metric` (the headline metric, used to keep the best checkpoint and in the leaderboard) and
-    implements the methods that raise NotImplementedError. The training loop only ever calls these methods and
-    `model(**batch)["loss"]`, so it never knows which task it runs.
+    A subclass sets `metric` (the headline metric: it picks the best checkpoint and heads the leaderboard), `head`
+    (the model class), `Config` (the dataclass of its `task` group) and implements the methods that raise
+    NotImplementedError. The training loop only calls these methods and `model(**batch)["loss"]`.
     """
 
-    metric: str = "accuracy"
-    greater_is_better: bool = True
+    metric: ClassVar[str] = "accuracy"
+    greater_is_better: ClassVar[bool] = True
+    head: ClassVar[type[SuitePreTrainedModel]]
+    Config: ClassVar[type | None] = None  # the typed `task` group; None: the YAML as it is
+    input_keys: ClassVar[tuple[str, ...]] = ("text", "input")  # what mode=predict/attention read instead of test data
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        self.config = to_dataclass(cfg.task, self.Config, "task") if self.Config else cfg.task
         self.model_cfg = model_config(cfg)
 
     # -- training side -------------------------------------------------------------------------------------------
@@ -75,11 +88,16 @@ class Task:
         Called on the main process first, then on the others, which may read what the main one saved."""
         raise NotImplementedError
 
-    def build_model(self) -> nn.Module:
-        """The task model; its forward(**batch) returns a dict with "loss" whenever the batch has targets."""
+    def model_fields(self) -> dict:
+        """The stem's and head's fields of SuiteConfig for this task's data (vocabulary, labels, image size, ...)."""
         raise NotImplementedError
 
-    def dataloader(self, split: str, train: bool) -> DataLoader:
+    def build_model(self) -> SuitePreTrainedModel:
+        """A freshly initialised model: the `model` group's core with this task's stem and head."""
+        fields = {**asdict(self.model_cfg), **self.model_fields()}
+        return self.head(SuiteConfig(**fields, suite={"task": self.cfg.task.name, "dataset": self.dataset_name()}))
+
+    def dataloader(self, split: str, train: bool) -> DataLoader | None:
         """Batches of `split` ("train", "validation", "test"); shuffled and augmented when `train`."""
         raise NotImplementedError
 
@@ -91,17 +109,21 @@ class Task:
         """Metrics by plain name (`accuracy`, `bleu`, ...) over every record of a split."""
         raise NotImplementedError
 
-    def model_extras(self) -> dict:
-        """What config.json should record besides the core's config (vocabulary size, label names, ...)."""
-        return {}
-
     def dataset_name(self) -> str:
         return str(self.cfg.data.get("dir") or self.cfg.data.get("hub_id"))
 
+    def variant_tags(self) -> list[str]:
+        """What this run's recipe adds to the model's name in the leaderboard (e.g. `teachers=3`)."""
+        return []
+
     # -- prediction side -----------------------------------------------------------------------------------------
     def load_assets(self, run_dir: Path) -> None:
-        """Reload what `prepare` saved (tokenizer, labels) so that `build_model` and `predict` work."""
+        """Reload what `prepare` saved (tokenizer, labels) so that `predict` works."""
         raise NotImplementedError
+
+    def load_model(self, run_dir: Path) -> SuitePreTrainedModel:
+        """The trained model of a run folder (transformers' `from_pretrained`), in eval mode."""
+        return load_pretrained(self.head, run_dir)
 
     def predict(self, model: nn.Module, inputs: list) -> list[str]:
         """One printable line per input."""
@@ -115,24 +137,36 @@ class Task:
     def read_inputs(self) -> list:
         """Inputs for `mode=predict`: `text=...` (one input) or `input=<file>` (one input per line)."""
         if self.cfg.get("input"):
-            path = Path(self.cfg.input)
-            if not path.is_file():
-                raise UserError(f"input file {path} not found")
-            return path.read_text(encoding="utf-8").splitlines()
+            return read_lines(Path(self.cfg.input))
         if self.cfg.get("text") is not None:
             return [str(self.cfg.text)]
         raise UserError('mode=predict needs text="..." or input=<file with one input per line>')
 
 
-# -- saved models (the transformers layout: config.json + model.safetensors beside the tokenizer files) -----------
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file given as input, or one clear error."""
+    if not path.is_file():
+        raise UserError(f"input file {path} not found")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"input file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") \
+            from None
 
 
-def save_weights(model: nn.Module, run_dir: Path, info: dict) -> None:
-    save_model(model, str(run_dir / "model.safetensors"))
-    (run_dir / "config.json").write_text(json.dumps(info, indent=2))
+# -- saved models: a run folder is a transformers model folder (config.json, model.safetensors, modeling files) -----
+
+
+def save_weights(model: nn.Module, run_dir: Path) -> None:
+    """Save a suite model as transformers does (loadable by `from_pretrained`); a plain module as safetensors."""
+    if isinstance(model, PreTrainedModel):
+        model.save_pretrained(run_dir)
+    else:
+        save_model(model, str(run_dir / "model.safetensors"))
 
 
 def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:
+    """Load `run_dir/model.safetensors` into an existing model (the training loop's best checkpoint)."""
     path = run_dir / "model.safetensors"
     if not path.is_file():
         raise UserError(f"no model.safetensors in {run_dir}: did its training finish? (point run_dir at a saved run)")
@@ -142,9 +176,26 @@ def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:
         raise UserError(f"{path} is corrupt or does not fit this model ({str(e).splitlines()[0]}); retrain it or "
                         f"point run_dir at another run") from None
     if missing or unexpected:
-        raise UserError(f"{path} does not fit the model in {run_dir}/config.yaml "
+        raise UserError(f"{path} does not fit the model in {run_dir}/config.json "
                         f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
     return model.eval()
+
+
+def load_pretrained(cls: type[PreTrainedModel], run_dir: Path) -> PreTrainedModel:
+    """`cls.from_pretrained(run_dir)` with a missing, corrupt or foreign folder answered in one line."""
+    for name in ("config.json", "model.safetensors"):
+        if not (run_dir / name).is_file():
+            raise UserError(f"no {name} in {run_dir}: did its training finish? (point run_dir at a saved run)")
+    try:
+        config = SuiteConfig.from_pretrained(run_dir)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{run_dir}/config.json is corrupt or not a suite model's ({str(e).splitlines()[0]}); "
+                        f"retrain it or point run_dir at another run") from None
+    try:
+        return cls.from_pretrained(run_dir, config=config).eval()
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise UserError(f"{run_dir}/model.safetensors is corrupt or does not fit its config.json "
+                        f"({str(e).splitlines()[0]}); retrain it or point run_dir at another run") from None
 
 
 def saved_config(run_dir: Path) -> DictConfig:
@@ -154,11 +205,11 @@ def saved_config(run_dir: Path) -> DictConfig:
     return OmegaConf.load(run_dir / "config.yaml")
 
 
-def load_run(run_dir: Path, cfg: DictConfig | None = None) -> tuple[Task, nn.Module]:
+def load_run(run_dir: Path, cfg: DictConfig | None = None) -> tuple[Task, SuitePreTrainedModel]:
     """The task and trained model of a saved run, ready for inference; `cfg` defaults to the run's saved config."""
     task = load_task(cfg if cfg is not None else saved_config(run_dir))
     task.load_assets(run_dir)
-    return task, load_weights(task.build_model(), run_dir)
+    return task, task.load_model(run_dir)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -169,3 +220,7 @@ def device_name(device: torch.device, num_processes: int) -> str:
     """Human-readable device for the leaderboard, e.g. `cpu x2` or `NVIDIA H100 80GB HBM3`."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return name if num_processes == 1 else f"{name} x{num_processes}"
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")

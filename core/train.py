@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -159,6 +159,8 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
     run_dir.mkdir(parents=True, exist_ok=True)
     model = task.build_model()
     params = count_parameters(model)
+    if getattr(model, "config", None) is not None and isinstance(model.config.suite, dict):
+        model.config.suite["params"] = params  # config.json says what the weights are without the code
     fused = accelerator.device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), fused=fused)
     train_loader = task.dataloader("train", train=True)
@@ -208,7 +210,7 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
         if improved(task, value, state.best):
             state.best, state.best_step, state.bad_evals = value, state.step, 0
             if accelerator.is_main_process:
-                save_weights(best_model, run_dir, task_info(task, params))
+                save_weights(best_model, run_dir)
         else:
             state.bad_evals += 1
         if accelerator.is_main_process:
@@ -289,7 +291,7 @@ def fit(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path) -
     if val_loader is None:  # nothing to select on: the last weights are the model
         accelerator.save_state(str(last_ckpt))
         if accelerator.is_main_process:
-            save_weights(best_model, run_dir, task_info(task, params))
+            save_weights(best_model, run_dir)
     elif last_eval_step != state.step:
         validate()
         state.elapsed = clock() - started
@@ -326,9 +328,3 @@ def parameter_checksum(model) -> str:
     for p in model.parameters():
         digest.update(p.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def task_info(task: Task, params: int) -> dict:
-    """config.json beside model.safetensors: enough to tell what the weights are without reading the code."""
-    return {"task": task.cfg.task.name, "dataset": task.dataset_name(), "params": params, **asdict(task.model_cfg),
-            **task.model_extras()}

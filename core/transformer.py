@@ -22,7 +22,9 @@ from torch import nn
 
 @dataclass
 class TransformerConfig:
-    """Hyper-parameters of the shared core; `conf/model/*.yaml` maps onto it."""
+    """Hyper-parameters of the shared core; `conf/model/*.yaml` maps onto it. The defaults are the suite's own
+    (pre-norm, GELU); the options after `bias` exist so that published checkpoints (BERT, ViT, Marian, BART, Whisper)
+    load into this same code: `core/checkpoints.py` sets them from a checkpoint's config."""
 
     d_model: int = 256  # width of every residual stream vector
     n_heads: int = 4  # attention heads; d_model must divide by it
@@ -31,33 +33,64 @@ class TransformerConfig:
     n_decoder_layers: int = 4  # decoder layers (only built by tasks that decode)
     dropout: float = 0.1  # dropout on embeddings and on every sublayer output before the residual add
     attn_dropout: float = 0.0  # dropout on attention probabilities; >0 forces the slow math kernel on CPU
-    activation: str = "gelu"  # "relu" (the paper) or "gelu"
+    activation: str = "gelu"  # "relu" (the paper), "gelu" (BERT, ViT, BART, Whisper) or "silu" (Marian's swish)
     norm_first: bool = True  # pre-norm (stable from scratch) or post-norm (the paper)
     position: str = "sinusoidal"  # "sinusoidal" (the paper), "learned", "rope" or "none" (the stem adds its own)
-    max_len: int = 1024  # longest sequence the learned / rotary tables cover
+    max_len: int = 1024  # longest sequence the position tables cover
     rope_base: float = 10000.0  # rotary frequency base
-    norm_eps: float = 1e-5  # LayerNorm epsilon
+    norm_eps: float = 1e-5  # LayerNorm epsilon (BERT and ViT checkpoints use 1e-12)
     bias: bool = True  # biases in linear layers
+    causal: bool = False  # the encoder attends only to earlier positions (a decoder-only model)
+    sinusoid_layout: str = "interleaved"  # sine/cosine of each frequency side by side (the paper, tensor2tensor's
+    #                                       layout in most code) or "halves": all sines, then all cosines (Marian)
+    position_offset: int = 0  # learned positions start at this row of the table (BART reserves 2 rows)
+    embed_norm: bool = False  # LayerNorm on the embeddings after the positions are added (BERT, BART)
 
     def __post_init__(self) -> None:
+        for name in ("d_model", "n_heads", "d_ff", "n_layers", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name}={getattr(self, name)}: give a positive integer")
+        if self.n_decoder_layers < 0 or self.position_offset < 0:
+            raise ValueError("model.n_decoder_layers and model.position_offset must be >= 0")
+        for name in ("dropout", "attn_dropout"):
+            if not 0 <= getattr(self, name) < 1:  # also false for NaN
+                raise ValueError(f"model.{name}={getattr(self, name)}: give a probability in [0, 1)")
+        if not (self.norm_eps > 0 and self.rope_base > 0):
+            raise ValueError(f"model.norm_eps={self.norm_eps} and model.rope_base={self.rope_base} must be > 0")
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
-        if self.position not in POSITIONS:
-            raise ValueError(f"model.position={self.position!r}: choose one of {sorted(POSITIONS)}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation={self.activation!r}: choose one of {sorted(ACTIVATIONS)}")
+        for name, allowed in (("position", POSITIONS), ("activation", ACTIVATIONS), ("sinusoid_layout", LAYOUTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"model.{name}={getattr(self, name)!r}: choose one of {sorted(allowed)}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Attention
 
 
-def reference_attention(q, k, v, mask=None):
-    """softmax(Q K^T / sqrt(d_k)) V, exactly as in the paper; the tests hold the fast path to it."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
+def merge_masks(T: int, S: int, mask: torch.Tensor | None, causal: bool) -> torch.Tensor | None:
+    """One boolean mask, True where a query may attend: `mask` (broadcasting to (B, H, T, S)) and, when `causal`,
+    no key after the query's own position (the last T of the S keys are the queries' own steps)."""
+    if not causal:
+        return mask
+    future = torch.ones(T, S, dtype=torch.bool, device=mask.device if mask is not None else None).tril(S - T)
+    return future if mask is None else mask & future
+
+
+def attention_probs(q, k, mask=None, causal=False) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k)) after the masks: (B, H, T, S), the softmax in at least float32.
+
+    The reference below, `record_attention` and the CPU bfloat16 path of `attend` all compute it here."""
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, S)
+    mask = merge_masks(*scores.shape[-2:], mask, causal)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1) @ v  # (B, H, T, Dh)
+    return scores.softmax(dim=-1, dtype=torch.promote_types(q.dtype, torch.float32))
+
+
+def reference_attention(q, k, v, mask=None):
+    """softmax(Q K^T / sqrt(d_k)) V, exactly as in the paper; the tests hold the fast path to it."""
+    return attention_probs(q, k, mask).to(v.dtype) @ v  # (B, H, T, Dh)
 
 
 @dataclass
@@ -86,17 +119,6 @@ def record_attention() -> Iterator[list[AttentionRecord]]:
         _recorded = outer
 
 
-def attention_probs(q, k, mask=None, causal=False) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d_k)) in float32 with `attend`'s masking: (B, H, T, S)."""
-    scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
-    if causal:
-        T, S = scores.shape[-2:]
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1)
-
-
 def attend(q, k, v, mask=None, causal=False, dropout=0.0, kind="self"):
     """Scaled dot-product attention of q (B, H, T, Dh) over k, v (B, H, S, Dh); mask broadcasts to (B, H, T, S).
 
@@ -105,16 +127,12 @@ def attend(q, k, v, mask=None, causal=False, dropout=0.0, kind="self"):
     `kind` only tags what `record_attention` keeps.
     """
     if _recorded is not None:
-        _recorded.append(AttentionRecord(kind, attention_probs(q, k, mask, causal).detach()))
+        _recorded.append(AttentionRecord(kind, attention_probs(q, k, mask, causal).float().detach()))
     if q.device.type != "cpu" or q.dtype == torch.float32:
+        if causal and mask is not None:  # the fused kernel takes one or the other
+            mask, causal = merge_masks(q.size(-2), k.size(-2), mask, True), False
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
-    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, S)
-    if causal:
-        T, S = scores.shape[-2:]
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)  # softmax in float32 for accuracy
+    probs = attention_probs(q, k, mask, causal).to(q.dtype)
     return F.dropout(probs, dropout, training=dropout > 0) @ v  # (B, H, T, Dh)
 
 
@@ -124,10 +142,18 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
         super().__init__()
-        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)  # (Dh/2,)
-        angles = torch.outer(torch.arange(max_len).float(), inv_freq)  # (L, Dh/2)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.head_dim, self.base = head_dim, base
+        self.register_buffer("cos", torch.empty(max_len, head_dim // 2), persistent=False)
+        self.register_buffer("sin", torch.empty(max_len, head_dim // 2), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Fill the cos/sin tables (they are not saved with the weights: a loaded model rebuilds them here)."""
+        inv_freq = 1.0 / self.base ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim)  # (Dh/2,)
+        angles = torch.outer(torch.arange(len(self.cos)).float(), inv_freq).to(self.cos.device)  # (L, Dh/2)
+        with torch.no_grad():
+            self.cos.copy_(angles.cos())
+            self.sin.copy_(angles.sin())
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """Rotate x (B, H, T, Dh) as if its first position were `offset`."""
@@ -139,7 +165,10 @@ class RotaryEmbedding(nn.Module):
 
 
 class KVCache:
-    """Keys and values of one self-attention layer, preallocated for `max_len` steps so decoding appends in place."""
+    """Keys and values of one self-attention layer, preallocated for `max_len` steps so decoding appends in place.
+
+    Any object with `length` and `append(k, v)` serves as a layer's cache (transformers' caches, through an adapter
+    in core/seq2seq.py)."""
 
     def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, device, dtype):
         self.k = torch.empty(batch, heads, max_len, head_dim, device=device, dtype=dtype)
@@ -162,14 +191,25 @@ class KVCache:
         self.v = self.v.index_select(0, index)
 
 
+class Linear(nn.Linear):
+    """A linear layer of the paper, initialised as the reference implementations do: Xavier-uniform weights, zero
+    biases. Every module initialises itself in `reset_parameters` (PyTorch's convention, which transformers' loading
+    calls again on whatever a checkpoint does not hold)."""
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention: Q, K and V are projections of the same sequence (fused into one matmul)."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # W^Q, W^K, W^V side by side
-        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)  # W^O
+        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # W^Q, W^K, W^V side by side
+        self.out = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)  # W^O
         self.attn_dropout = cfg.attn_dropout
 
     def forward(self, x, mask=None, causal=False, rope=None, cache: KVCache | None = None):
@@ -180,9 +220,8 @@ class SelfAttention(nn.Module):
             q, k = rope(q, offset), rope(k, offset)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H, offset + T, Dh)
-            if causal and T > 1:  # a prompt of several steps: each sees the cache and its own past
-                mask = torch.ones(T, offset + T, dtype=torch.bool, device=x.device).tril(offset)
-            causal = False  # a single new step may see every cached step
+            if causal and T == 1:  # a single new step may see every cached step
+                causal = False
         dropout = self.attn_dropout if self.training else 0.0
         y = attend(q, k, v, mask, causal, dropout)  # (B, H, T, Dh)
         return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D): heads concatenated
@@ -194,9 +233,9 @@ class CrossAttention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.q = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.kv = Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)
+        self.out = Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.attn_dropout = cfg.attn_dropout
 
     def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +256,7 @@ class CrossAttention(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Feed-forward and positions
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
 class FeedForward(nn.Module):
@@ -225,18 +264,25 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.up = Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.act = ACTIVATIONS[cfg.activation]()
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.down = Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x):
         return self.down(self.act(self.up(x)))
 
 
-def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(pos / 10000^(2i/D)); (length, dim)."""
+LAYOUTS = ("interleaved", "halves")
+
+
+def sinusoidal_table(length: int, dim: int, layout: str = "interleaved") -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(pos / 10000^(2i/D)); (length, dim).
+
+    `halves` puts the same values as [all sines | all cosines] (Marian's checkpoints expect that order)."""
     pos = torch.arange(length).float()[:, None]
     div = torch.exp(torch.arange(0, dim, 2).float() * (-math.log(10000.0) / dim))
+    if layout == "halves":
+        return torch.cat([torch.sin(pos * div), torch.cos(pos * div)], dim=1)
     table = torch.zeros(length, dim)
     table[:, 0::2] = torch.sin(pos * div)
     table[:, 1::2] = torch.cos(pos * div)
@@ -248,21 +294,34 @@ class SinusoidalPositions(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.register_buffer("table", sinusoidal_table(cfg.max_len, cfg.d_model), persistent=False)
+        self.layout = cfg.sinusoid_layout
+        self.register_buffer("table", torch.empty(cfg.max_len, cfg.d_model), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Fill the table (it is not saved with the weights: a loaded model rebuilds it here)."""
+        with torch.no_grad():
+            self.table.copy_(sinusoidal_table(*self.table.shape, self.layout).to(self.table.device))
 
     def forward(self, x, offset: int = 0):
         return x + self.table[offset : offset + x.size(1)].to(x.dtype)
 
 
 class LearnedPositions(nn.Module):
-    """One trained vector per position (BERT, GPT, ViT)."""
+    """One trained vector per position (BERT, GPT, ViT); the first `position_offset` rows are never used (BART)."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.table = nn.Parameter(torch.randn(cfg.max_len, cfg.d_model) * 0.02)
+        self.offset = cfg.position_offset
+        self.table = nn.Parameter(torch.empty(cfg.max_len + cfg.position_offset, cfg.d_model))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.table, std=0.02)
 
     def forward(self, x, offset: int = 0):
-        return x + self.table[offset : offset + x.size(1)].to(x.dtype)
+        start = self.offset + offset
+        return x + self.table[start : start + x.size(1)].to(x.dtype)
 
 
 class NoPositions(nn.Module):
@@ -305,8 +364,9 @@ class EncoderLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.norm_first = cfg.norm_first
 
-    def forward(self, x, mask=None, rope=None):
-        x = residual(x, lambda h: self.attn(h, mask=mask, rope=rope), self.norm1, self.drop, self.norm_first)
+    def forward(self, x, mask=None, rope=None, causal=False):
+        x = residual(x, lambda h: self.attn(h, mask=mask, causal=causal, rope=rope), self.norm1, self.drop,
+                     self.norm_first)
         return residual(x, self.ff, self.norm2, self.drop, self.norm_first)
 
 
@@ -333,27 +393,42 @@ class DecoderLayer(nn.Module):
 # Stacks
 
 
-def attention_mask(padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+def padding_to_attention_mask(padding_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(B, S) True-at-real-tokens -> (B, 1, 1, S), broadcast over heads and queries."""
     return None if padding_mask is None else padding_mask[:, None, None, :]
 
 
-class Encoder(nn.Module):
-    """Positions, dropout, N encoder layers (and a final LayerNorm when pre-norm). Input: embedded (B, S, D)."""
+class Embedder(nn.Module):
+    """What both stacks do to their input first: add positions, then LayerNorm (BERT, BART) and dropout."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.positions = POSITIONS[cfg.position](cfg)
-        self.rope = make_rope(cfg)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.embed_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, offset: int = 0):
+        return self.drop(self.norm(self.positions(x, offset)))
+
+
+class Encoder(nn.Module):
+    """Positions, dropout, N encoder layers (and a final LayerNorm when pre-norm). Input: embedded (B, S, D).
+
+    With `cfg.causal` every position attends only to itself and earlier ones: a decoder-only (GPT-style) stack."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.embed = Embedder(cfg)
+        self.rope = make_rope(cfg)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
+        self.causal = cfg.causal
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.drop(self.positions(x))
-        mask = attention_mask(padding_mask)
+        x = self.embed(x)
+        mask = padding_to_attention_mask(padding_mask)
         for layer in self.layers:
-            x = layer(x, mask=mask, rope=self.rope)
+            x = layer(x, mask=mask, rope=self.rope, causal=self.causal)
         return self.norm(x)  # (B, S, D)
 
 
@@ -362,10 +437,9 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.cfg = cfg
-        self.positions = POSITIONS[cfg.position](cfg)
+        self.n_heads, self.d_model = cfg.n_heads, cfg.d_model
+        self.embed = Embedder(cfg)
         self.rope = make_rope(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
 
@@ -375,16 +449,16 @@ class Decoder(nn.Module):
 
     def init_cache(self, batch: int, max_len: int, device, dtype) -> list[KVCache]:
         """Empty per-layer caches for incremental decoding of up to `max_len` target steps."""
-        H = self.cfg.n_heads
-        return [KVCache(batch, H, max_len, self.cfg.d_model // H, device, dtype) for _ in self.layers]
+        H = self.n_heads
+        return [KVCache(batch, H, max_len, self.d_model // H, device, dtype) for _ in self.layers]
 
     def forward(self, x, memory=None, memory_padding_mask=None, memory_kv=None, cache: list[KVCache] | None = None):
         """Decode embedded targets x (B, T, D). With `cache`, x holds only the new steps."""
         if memory_kv is None:
             memory_kv = self.memory_kv(memory)
         offset = cache[0].length if cache is not None else 0
-        x = self.drop(self.positions(x, offset))
-        mask = attention_mask(memory_padding_mask)
+        x = self.embed(x, offset)
+        mask = padding_to_attention_mask(memory_padding_mask)
         for i, layer in enumerate(self.layers):
             x = layer(x, memory_kv[i], mask, rope=self.rope, cache=None if cache is None else cache[i])
         return self.norm(x)  # (B, T, D)
@@ -400,25 +474,3 @@ class EncoderDecoder(nn.Module):
     def forward(self, src, tgt, src_padding_mask=None):
         memory = self.encoder(src, src_padding_mask)
         return self.decoder(tgt, memory, src_padding_mask)
-
-
-class TokenEmbedding(nn.Module):
-    """Token ids -> vectors scaled by sqrt(D), as the paper does before adding positions."""
-
-    def __init__(self, vocab_size: int, d_model: int, padding_idx: int | None = None):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx)
-        nn.init.normal_(self.embed.weight, std=d_model**-0.5)
-        self.scale = math.sqrt(d_model)
-
-    def forward(self, ids):
-        return self.embed(ids) * self.scale  # (B, S, D)
-
-
-def init_weights(module: nn.Module) -> None:
-    """Xavier-uniform linear layers (as the reference implementations do), zero biases."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)

@@ -57,3 +57,26 @@ def run_suite(*args: str, cwd: Path, env: dict | None = None, launcher: list[str
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "SUITE_DATA": "", **(env or {})}
     cmd = (launcher or [sys.executable]) + [str(ROOT / "run.py"), *args]
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+WITHOUT_SUITE = """
+import sys
+# a machine without the suite: no editable-install finder, no path into the repository
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path = [p for p in sys.path if not p.startswith({root!r}) or ".venv" in p]
+try:
+    import core
+    raise SystemExit("the suite is importable: the test would prove nothing")
+except ImportError:
+    pass
+"""
+
+
+def run_without_suite(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run Python `code` in a process that cannot import this repository (only the installed libraries), as a user
+    with transformers but without the suite would; its own HF_MODULES_CACHE keeps the copied modeling files apart."""
+    env = {**os.environ, "HF_MODULES_CACHE": str(cwd / "hf_modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    script = WITHOUT_SUITE.format(root=str(ROOT)) + code
+    return subprocess.run([sys.executable, "-I", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

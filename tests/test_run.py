@@ -38,7 +38,7 @@ def trained(tmp_path_factory, data_root):
 
 def test_training_saves_a_complete_run(trained):
     _, run_dir, out = trained
-    for name in ("config.yaml", "config.json", "model.safetensors", "tokenizer.json", "labels.json", "metrics.json",
+    for name in ("config.yaml", "config.json", "model.safetensors", "tokenizer.json", "metrics.json",
                  "history.jsonl", "train.log"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "checkpoints" / "last").is_dir()
@@ -62,7 +62,7 @@ def test_leaderboard_json_has_the_stable_keys(trained):
         assert key in row, key
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert row["task"] == "sentiment" and row["model"] == "tiny" and row["dataset"] == "sst2"
-    assert row["metrics"] == saved["metrics"] and set(row["metrics"]) == {"accuracy", "macro_f1"}
+    assert row["metrics"] == saved["metrics"] and set(row["metrics"]) == {"accuracy", "macro_f1", "acc_negative", "acc_positive"}
     assert row["params"] > 0 and row["samples_per_second"] > 0 and row["seed"] == 0
     assert row["steps"] == saved["steps"] == 60 and row["best_step"] == saved["best_step"]
     table = run_suite("mode=leaderboard", "leaderboard.view=runs", cwd=workdir)

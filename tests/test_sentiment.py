@@ -8,8 +8,7 @@ from omegaconf import OmegaConf
 from transformers import DataCollatorWithPadding
 
 from core.task import UserError, load_task, save_weights
-from core.tokenizer import train_tokenizer
-from tasks.sentiment import TokenDropout
+from core.text import TokenDropout, train_tokenizer
 from tests.conftest import write_sst2
 from tests.test_train import compose_cfg
 
@@ -61,14 +60,14 @@ def _saved_teacher(folder, data_root):
     teacher.prepare(folder, is_main=True)
     torch.manual_seed(1)
     model = teacher.build_model().eval()
-    save_weights(model, folder, {"task": "sentiment"})
+    save_weights(model, folder)
     OmegaConf.save(cfg, folder / "config.yaml")
     return teacher, model
 
 
 def test_distillation_targets_are_the_teachers_on_the_students_batch(data_root, tmp_path):
     teachers = [_saved_teacher(tmp_path / f"teacher{i}", data_root)[1] for i in range(2)]
-    before = [m.state_dict()["head.1.weight"].clone() for m in teachers]
+    before = [m.state_dict()["classifier.linear.weight"].clone() for m in teachers]
     student = load_task(compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=200", f"data.root={data_root}",
                                     f"task.teachers=[{tmp_path / 'teacher0'},{tmp_path / 'teacher1'}]",
                                     "task.distill_temperature=2", "task.distill_alpha=0.7", "task.token_dropout=0.3",
@@ -94,7 +93,7 @@ def test_distillation_targets_are_the_teachers_on_the_students_batch(data_root, 
     assert torch.allclose(loss, want, atol=1e-5)
     loss.backward()  # the student learns; the teachers stay frozen
     assert all(q.grad is None for m in teachers for q in m.parameters())
-    assert all(torch.equal(m.state_dict()["head.1.weight"], w) for m, w in zip(teachers, before))
+    assert all(torch.equal(m.state_dict()["classifier.linear.weight"], w) for m, w in zip(teachers, before))
 
 
 def test_a_teacher_that_is_not_a_saved_sentiment_run_is_named(data_root, tmp_path):
@@ -104,12 +103,13 @@ def test_a_teacher_that_is_not_a_saved_sentiment_run_is_named(data_root, tmp_pat
     with pytest.raises(UserError, match="nowhere is not a saved run"):
         task.prepare(tmp_path, is_main=True)
     teacher, _ = _saved_teacher(tmp_path / "teacher", data_root)
-    (tmp_path / "teacher" / "labels.json").write_text(json.dumps(["bad", "good"]))
+    config = json.loads((tmp_path / "teacher" / "config.json").read_text())
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps({**config, "id2label": {"0": "bad", "1": "good"}}))
     task = load_task(compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=200", f"data.root={data_root}",
                                  f"task.teachers=[{tmp_path / 'teacher'}]"))
     with pytest.raises(UserError, match="not a sentiment model with the labels"):
         task.prepare(tmp_path, is_main=True)
-    (tmp_path / "teacher" / "labels.json").write_text(json.dumps(["negative", "positive"]))
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps(config))
     task = load_task(compose_cfg("task=sentiment", "model=tiny", "task.vocab_size=60", f"data.root={data_root}",
                                  f"task.teachers=[{tmp_path / 'teacher'}]"))
     with pytest.raises(UserError, match="has another vocabulary"):

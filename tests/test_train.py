@@ -27,11 +27,11 @@ def test_saved_model_reloads_to_identical_outputs(data_root, tmp_path):
     task = load_task(cfg)
     task.prepare(tmp_path, is_main=True)
     model = task.build_model().eval()
-    save_weights(model, tmp_path, {"task": "sentiment"})
+    save_weights(model, tmp_path)
 
     again = load_task(cfg)
     again.load_assets(tmp_path)  # the tokenizer and labels from disk, as mode=predict does
-    reloaded = load_weights(again.build_model(), tmp_path)
+    reloaded = again.load_model(tmp_path)
     texts = ["a great film", "the plot was dull and boring , really"]
     enc_a = task.tokenizer(texts, padding=True, return_tensors="pt")
     enc_b = again.tokenizer(texts, padding=True, return_tensors="pt")

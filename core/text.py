@@ -1,8 +1,11 @@
-"""Subword tokenizers trained on a task's training split with the `tokenizers` library, saved as transformers'."""
+"""Text for every task that reads it: subword tokenizers fitted on a task's training split with the `tokenizers`
+library (saved as transformers' tokenizer files), and word dropout."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+
+import torch
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -67,3 +70,19 @@ def wordpiece_vocab(texts: Iterable[str], vocab_size: int, norm, specials: list[
             if len(piece) == 1:  # a character can start a word too
                 pieces[piece] = None
     return {piece: i for i, piece in enumerate(pieces)}
+
+
+class TokenDropout:
+    """Collate, then replace each real token by [UNK] with probability p: word dropout, a regulariser for small
+    text sets trained from scratch (the model cannot lean on any single word). Special tokens and padding stay."""
+
+    def __init__(self, collate: Callable[[list[dict]], dict], p: float, tokenizer: PreTrainedTokenizerFast):
+        self.collate, self.p = collate, p
+        self.unk, self.specials = tokenizer.unk_token_id, torch.tensor(tokenizer.all_special_ids)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.collate(rows)
+        ids = batch["input_ids"]
+        drop = (torch.rand(ids.shape) < self.p) & ~torch.isin(ids, self.specials)
+        batch["input_ids"] = ids.masked_fill(drop, self.unk)
+        return batch
