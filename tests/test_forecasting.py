@@ -1,19 +1,26 @@
-"""Forecasting: the ETTh1 protocol (windows, scaler), RevIN, a model that learns, and run.py end to end on a CSV
-with ETTh1's columns made here."""
+"""Forecasting: the ETTh1 protocol (windows, scaler), RevIN, a model that learns, run.py end to end on a CSV with
+ETTh1's columns made here, and the run folder as a transformers model (Auto class, trust_remote_code)."""
 
 import json
 import logging
+import re
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForTimeSeriesPrediction
 
+import core  # noqa: F401  (registers the suite's models with transformers' Auto classes)
+from core.forecaster import RevIN, SuiteForForecasting
+from core.modeling import SuiteConfig
+from core.series import Windows
 from core.task import UserError
-from core.transformer import TransformerConfig
-from tasks.forecasting import EncDecNet, Forecaster, PatchNet, RevIN, Task, Windows
-from tests.conftest import ROOT, run_suite
+from tasks.forecasting import Task
+from tests.conftest import ROOT, run_suite, run_without_suite
 
 COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 TINY = ["task=forecasting", "model.d_model=32", "model.d_ff=64", "task.lookback=48", "task.horizon=24",
@@ -24,7 +31,6 @@ TINY = ["task=forecasting", "model.d_model=32", "model.d_ff=64", "task.lookback=
 # Models this small run fastest on one thread, and a busy machine's spare threads slow them 10-50x (OpenMP
 # spin-waits), so the training here uses one.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
 
 
 def write_ett(path, rows: int, seed: int = 0):
@@ -66,9 +72,9 @@ def test_window_counts_follow_the_protocol(full_csv, tmp_path, horizon, lookback
     assert len(task.data["train"]) == 8640 - lookback - horizon + 1
     assert len(task.data["validation"]) == len(task.data["test"]) == 2881 - horizon  # 2785 at H=96
     first = task.data["test"][0]
-    assert first["past"].shape == (lookback, 7) and first["future"].shape == (horizon, 7)
+    assert first["past_values"].shape == (lookback, 7) and first["future_values"].shape == (horizon, 7)
     # evaluation keeps the last incomplete batch: every test window is scored
-    assert sum(len(b["past"]) for b in task.dataloader("test", train=False)) == 2881 - horizon
+    assert sum(len(b["past_values"]) for b in task.dataloader("test", train=False)) == 2881 - horizon
 
 
 def test_scaler_sees_only_train_rows(full_csv, tmp_path):
@@ -105,9 +111,10 @@ def test_tiny_model_fits_a_sine_wave(architecture, one_thread):
     t = torch.arange(2000).float()[:, None]
     series = torch.sin(2 * torch.pi * t / torch.tensor([24.0, 37.0])) * torch.tensor([1.0, 3.0])  # (rows, 2)
     windows = Windows(series.numpy(), L, H)
-    cfg = TransformerConfig(d_model=32, n_heads=2, d_ff=64, n_layers=1, n_decoder_layers=1, dropout=0.0)
-    net = PatchNet(cfg, L, H, 16, 8, 0.0) if architecture == "patch" else EncDecNet(cfg, 2, H, 16)
-    model = Forecaster(net, 2, [0, 1], revin=True)
+    config = SuiteConfig(d_model=32, n_heads=2, d_ff=64, n_layers=1, n_decoder_layers=1, dropout=0.0, stem="none",
+                         architecture=architecture, lookback=L, horizon=H, patch_len=16, patch_stride=8, label_len=16,
+                         revin=True, series_channels=["a", "b"])
+    model = SuiteForForecasting(config)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loader = torch.utils.data.DataLoader(windows, batch_size=64, shuffle=True)
     for _ in range(5):  # 30 batches an epoch
@@ -137,8 +144,13 @@ def trained(tmp_path_factory):
 
 
 def test_training_reports_mse_mae_and_the_baseline(trained):
-    workdir, run_dir, _, out = trained
-    assert "test mse" in out.stdout and (run_dir / "scaler.json").is_file()
+    workdir, run_dir, frame, out = trained
+    assert "test mse" in out.stdout
+    config = json.loads((run_dir / "config.json").read_text())  # the scaler travels with the model: train rows only
+    train = frame[COLUMNS].to_numpy()[: int(1500 * 0.7)]
+    assert config["series_channels"] == config["target_channels"] == COLUMNS
+    np.testing.assert_allclose(config["series_mean"], train.mean(0))
+    np.testing.assert_allclose(config["series_std"], train.std(0))
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert set(saved["metrics"]) == {"mse", "mae", "baseline_mse", "baseline_mae"}
     assert saved["metrics"]["mse"] < 0.5 * saved["metrics"]["baseline_mse"], saved["metrics"]
@@ -200,9 +212,108 @@ def test_univariate_target_and_backtest(tmp_path):
                     "model.d_model=16", "model.d_ff=32", "data.targets=[OT]", f"csv={tmp_path / 'ett.csv'}",
                     "backtest=true", f"forecast_out={tmp_path / 'bt.csv'}")
     model = task.build_model().eval()
-    assert model(past=torch.zeros(2, 32, 7))["prediction"].shape == (2, 8, 1)
+    assert model(past_values=torch.zeros(2, 32, 7))["prediction_outputs"].shape == (2, 8, 1)
     lines = task.predict(model, task.read_inputs())
     assert "backtest on the last 8 rows" in lines[1]
     forecast = pd.read_csv(tmp_path / "bt.csv")
     assert list(forecast.columns) == ["date", "OT"] and forecast["date"].iloc[-1] == "2016-07-17 15:00:00"
     assert (tmp_path / "bt.png").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("task.architecture=lstm", "task.architecture='lstm': choose one of patch, encdec"),
+    ("task.lookback=8", "task.lookback=8 must be at least task.patch_len=16"),
+    ("task.horizon=0", "task.horizon=0: give a positive number of steps"),
+    ("task.head_dropout=1.5", "task.head_dropout=1.5 in [0, 1)"),
+    ("task.lookback=many", "bad value for task.lookback"),
+    ("model.max_len=32", "the patch model reads 42 tokens, more than model.max_len=32"),
+])
+def test_bad_settings_are_named_before_any_data_is_read(override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        Task(config("data.file=/nowhere/ETTh1.csv", override))  # the CSV is never looked for
+
+
+def last_window(config: SuiteConfig, csv) -> torch.Tensor:
+    """The CSV's last L rows as the model reads them: scaled by the scaler in the model's own config."""
+    rows = pd.read_csv(csv)[config.series_channels].to_numpy()[-config.lookback :]
+    scaled = (rows - np.asarray(config.series_mean)) / np.asarray(config.series_std)
+    return torch.tensor(scaled, dtype=torch.float32)[None]  # (1, L, C)
+
+
+def test_a_run_folder_is_a_transformers_model(trained, tmp_path):
+    """AutoModelForTimeSeriesPrediction opens a run folder once `core` is imported; with the scaler in its config
+    it gives mode=predict's forecast, and save_pretrained round-trips to identical outputs."""
+    workdir, run_dir, frame, _ = trained
+    model = AutoModelForTimeSeriesPrediction.from_pretrained(run_dir).eval()
+    assert isinstance(model, SuiteForForecasting) and model.config.architecture == "patch"
+    frame.iloc[-60:].to_csv(tmp_path / "recent.csv", index=False)
+    past = last_window(model.config, tmp_path / "recent.csv")
+    with torch.no_grad():
+        pred = model(past_values=past).prediction_outputs[0].double().numpy()  # (H, targets), scaled
+    model.save_pretrained(tmp_path / "copy")
+    again = AutoModelForTimeSeriesPrediction.from_pretrained(tmp_path / "copy").eval()
+    with torch.no_grad():
+        assert np.array_equal(again(past_values=past).prediction_outputs[0].double().numpy(), pred)
+
+    out = run_suite("task=forecasting", "mode=predict", f"run_dir={run_dir}", f"csv={tmp_path / 'recent.csv'}",
+                    f"forecast_out={tmp_path / 'forecast.csv'}", cwd=workdir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    forecast = pd.read_csv(tmp_path / "forecast.csv")[COLUMNS].to_numpy()
+    mean, std = np.asarray(model.config.series_mean), np.asarray(model.config.series_std)
+    np.testing.assert_allclose(forecast, pred * std + mean, rtol=1e-9)
+
+
+def test_a_run_folder_loads_where_the_suite_is_not_installed(trained, tmp_path):
+    _, run_dir, frame, _ = trained
+    folder = tmp_path / "shared_model"
+    shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    frame.iloc[-48:].to_csv(tmp_path / "recent.csv", index=False)
+    model = AutoModelForTimeSeriesPrediction.from_pretrained(run_dir).eval()
+    with torch.no_grad():
+        expected = model(past_values=last_window(model.config, tmp_path / "recent.csv")).prediction_outputs
+    out = run_without_suite(f"""
+import json, numpy as np, pandas as pd, torch
+from transformers import AutoModelForTimeSeriesPrediction
+model = AutoModelForTimeSeriesPrediction.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+c = model.config  # the channels and the training rows' scaler travel in config.json
+rows = pd.read_csv({str(tmp_path / "recent.csv")!r})[c.series_channels].to_numpy()[-c.lookback:]
+past = torch.tensor((rows - np.asarray(c.series_mean)) / np.asarray(c.series_std), dtype=torch.float32)[None]
+with torch.no_grad():
+    print(type(model).__module__, json.dumps(model(past_values=past).prediction_outputs.tolist()))
+""", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    module, prediction = out.stdout.strip().split(" ", 1)
+    assert module.startswith("transformers_modules.")  # the folder's own copy of the modeling code
+    torch.testing.assert_close(torch.tensor(json.loads(prediction)), expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [["task.architecture=encdec", "data.targets=[OT]"],
+                                       ["task.revin=false", "data.targets=[HULL,OT]"]])
+def test_saved_models_reload_to_identical_outputs(tmp_path, overrides):
+    write_ett(tmp_path / "ett.csv", 400)
+    task = prepared(tmp_path / "ett.csv", tmp_path, "data.borders=null", "task.lookback=32", "task.horizon=8",
+                    "model.d_model=16", "model.d_ff=32", *overrides)
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    with torch.no_grad():  # no parameter left at a value its initialisation would give again
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "run")
+    again = AutoModelForTimeSeriesPrediction.from_pretrained(tmp_path / "run").eval()
+    batch = next(iter(task.dataloader("test", train=False)))
+    with torch.no_grad():
+        a, b = model(**batch), again(**batch)
+    assert a.prediction_outputs.shape == (len(batch["past_values"]), 8, len(task.targets))
+    assert torch.equal(a.prediction_outputs, b.prediction_outputs) and torch.equal(a.loss, b.loss)
+
+
+def test_revin_missing_from_a_checkpoint_starts_as_the_identity(tmp_path):
+    """transformers builds a loaded model on the meta device and initialises, module by module, only what the
+    checkpoint lacks: RevIN's own reset_parameters must give weight 1 and bias 0, not uninitialised memory."""
+    config = SuiteConfig(d_model=16, n_heads=2, d_ff=32, n_layers=1, stem="none", lookback=32, horizon=8,
+                         series_channels=["a", "b", "c"])
+    SuiteForForecasting(config).save_pretrained(tmp_path)
+    weights = {k: v for k, v in load_file(tmp_path / "model.safetensors").items() if not k.startswith("revin.")}
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = AutoModelForTimeSeriesPrediction.from_pretrained(tmp_path)
+    assert torch.equal(model.revin.weight, torch.ones(3)) and torch.equal(model.revin.bias, torch.zeros(3))
