@@ -279,14 +279,14 @@ def sinusoidal_table(length: int, dim: int, layout: str = "interleaved") -> torc
     """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(pos / 10000^(2i/D)); (length, dim).
 
     `halves` puts the same values as [all sines | all cosines] (Marian's checkpoints expect that order)."""
-    pos = torch.arange(length).float()[:, None]
-    div = torch.exp(torch.arange(0, dim, 2).float() * (-math.log(10000.0) / dim))
+    pos = torch.arange(length, dtype=torch.float64)[:, None]  # float64: far positions as exact as Marian's table
+    angles = pos * torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
     if layout == "halves":
-        return torch.cat([torch.sin(pos * div), torch.cos(pos * div)], dim=1)
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(pos * div)
-    table[:, 1::2] = torch.cos(pos * div)
-    return table
+        return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = angles.sin()
+    table[:, 1::2] = angles.cos()
+    return table.float()
 
 
 class SinusoidalPositions(nn.Module):
