@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -44,7 +45,14 @@ def suite_run_dir(mode: str, run_dir: str | None, task: str, model: str) -> str:
     return f"outputs/runs/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{task}_{model}_{os.getpid()}"
 
 
+def installed_or_hub(package: str, subfolder: str, hub_id: str) -> str:
+    """A checkpoint shipped as a Python package (offline) when that package is installed, else its Hub id."""
+    spec = importlib.util.find_spec(package)
+    return str(Path(spec.origin).parent / subfolder) if spec and spec.origin else hub_id
+
+
 OmegaConf.register_new_resolver("suite_run_dir", suite_run_dir, replace=True)
+OmegaConf.register_new_resolver("installed_or_hub", installed_or_hub, replace=True)
 
 
 def quiet_libraries() -> None:
@@ -172,16 +180,19 @@ def show_leaderboard(cfg: DictConfig) -> None:
 
 
 def model_variant(cfg: DictConfig, task) -> str:
-    """What the leaderboard compares: the model config's name (`small`, `small_rope`, ...), followed by the
-    `model.<field>=<value>` overrides of the command line (`small+position=rope`), so that sweeping a field
-    (`-m model.position=sinusoidal,rope`) gives one variant per value instead of merging them, and by what the task's
-    recipe adds (`small+teachers=3` for a model distilled from three saved runs)."""
+    """What the leaderboard compares: the model config's name (`small`, `small_rope`, ...), or the checkpoint's when
+    `model.pretrained=` is given, followed by the `model.<field>=<value>` overrides of the command line
+    (`small+position=rope`), so that sweeping a field gives one variant per value instead of merging them, and by
+    what the task's recipe adds (`+pretrained`, `+teachers=3` for a model distilled from three saved runs)."""
     if not HydraConfig.initialized():
         return "custom"
     hydra_cfg = HydraConfig.get()
     fields = [o.lstrip("+~").removeprefix("model.") for o in hydra_cfg.overrides.task
               if o.lstrip("+~").startswith("model.")]
-    return "+".join([hydra_cfg.runtime.choices.get("model", "custom"), *sorted(fields + task.variant_tags())])
+    name = hydra_cfg.runtime.choices.get("model", "custom")
+    if any(f.startswith("pretrained=") for f in fields):
+        name, fields = task.checkpoint.name, [f for f in fields if not f.startswith("pretrained=")]
+    return "+".join([name, *sorted(fields + task.variant_tags())])
 
 
 def code_version() -> str | None:

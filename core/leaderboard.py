@@ -101,8 +101,9 @@ def reference_key(row: dict) -> str:
 
 
 def reference_for(row: dict, references: dict) -> dict | None:
-    """The dataset's reference entry if this run is comparable with it (same metric present, `when` satisfied)."""
-    ref = references.get(reference_key(row))
+    """The task's reference entry for the run's dataset, if the run is comparable with it (same metric present,
+    `when` satisfied). References are keyed by task, then dataset: two tasks on one dataset have their own."""
+    ref = (references.get(row.get("task")) or {}).get(reference_key(row))
     if not ref or ref["metric"] not in (row.get("metrics") or {}):
         return None
     for key, expected in (ref.get("when") or {}).items():
@@ -173,7 +174,8 @@ def variant(model: str, by_column: dict[str, list[dict]], references: dict) -> d
         tasks[col] = {"task": first["task"], "dataset": first["dataset"], "metric": metric, "value": value,
                       "spread": spread, "score": score, "score_spread": score_spread, "seeds": len(group),
                       "lower_is_better": bool(ref and lower_is_better(ref)), "no_reference_why": None if ref else (
-                          f"no reference for dataset {reference_key(first)!r}" if reference_key(first) not in references
+                          f"no reference for {first['task']} on dataset {reference_key(first)!r}"
+                          if reference_key(first) not in (references.get(first["task"]) or {})
                           else "run settings differ from the reference's")}
     scored = [t["score"] for t in tasks.values() if t["score"] is not None]
     mean = statistics.fmean(scored) if scored else None

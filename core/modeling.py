@@ -95,6 +95,8 @@ class SuiteConfig(PreTrainedConfig):
     revin: bool = True  # forecasting: reversible instance normalisation around the network
     series_channels: list[str] | None = None  # forecasting: the input columns, in order
     target_channels: list[str] | None = None  # forecasting: the columns predicted (a subset of the inputs)
+    series_mean: list[float] | None = None  # forecasting: per-channel mean of the train rows (the data scaler)
+    series_std: list[float] | None = None  # forecasting: ... and their std; the model reads (x - mean) / std
     suite: dict | None = None  # provenance: task, dataset, parameters (read by people and tools, not the model)
 
     def __post_init__(self, **kwargs):

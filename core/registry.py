@@ -13,6 +13,9 @@ AUTO_CLASSES = {
     "AutoModelForImageClassification": ("core.heads", "SuiteForImageClassification"),
     "AutoModelForAudioClassification": ("core.heads", "SuiteForAudioClassification"),
     "AutoModelForCTC": ("core.heads", "SuiteForCTC"),
+    "AutoModelForSeq2SeqLM": ("core.seq2seq", "SuiteForConditionalGeneration"),
+    "AutoModelForTokenClassification": ("core.tagging", "SuiteForTokenClassification"),
+    "AutoModelForTimeSeriesPrediction": ("core.forecaster", "SuiteForForecasting"),
 }
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
@@ -57,9 +58,21 @@ def to_dataclass(node: DictConfig, cls: type, prefix: str):
         raise UserError(str(e)) from None
 
 
-def model_config(cfg: DictConfig) -> TransformerConfig:
-    """The `model` group as the core's dataclass."""
-    return to_dataclass(cfg.model, TransformerConfig, "model")
+@dataclass
+class ModelConfig(TransformerConfig):
+    """The `model` group: the core's fields (`conf/model/*.yaml`), and optionally a published checkpoint to start from."""
+
+    pretrained: str | None = None  # a checkpoint folder (config.json + model.safetensors) or a Hub id: its core,
+    #                                stem and tokenizer replace the fields above (core/checkpoints.py), then fine-tune
+
+    def core(self) -> dict:
+        """The core's fields alone (what SuiteConfig takes)."""
+        return {f.name: getattr(self, f.name) for f in fields(TransformerConfig)}
+
+
+def model_config(cfg: DictConfig) -> ModelConfig:
+    """The `model` group as its dataclass."""
+    return to_dataclass(cfg.model, ModelConfig, "model")
 
 
 class Task:
@@ -92,10 +105,23 @@ class Task:
         """The stem's and head's fields of SuiteConfig for this task's data (vocabulary, labels, image size, ...)."""
         raise NotImplementedError
 
+    @cached_property
+    def checkpoint(self):
+        """The published checkpoint of `model.pretrained` (core.checkpoints.Checkpoint), or None."""
+        if not self.model_cfg.pretrained:
+            return None
+        from core.checkpoints import open_checkpoint  # imports this module: not at the top
+
+        return open_checkpoint(self.model_cfg.pretrained)
+
     def build_model(self) -> SuitePreTrainedModel:
-        """A freshly initialised model: the `model` group's core with this task's stem and head."""
-        fields = {**asdict(self.model_cfg), **self.model_fields()}
-        return self.head(SuiteConfig(**fields, suite={"task": self.cfg.task.name, "dataset": self.dataset_name()}))
+        """The model: the `model` group's core with this task's stem and head, freshly initialised, or holding the
+        weights of `model.pretrained` (whose core and stem then replace the group's)."""
+        fields = {**self.model_cfg.core(), **self.model_fields(),
+                  "suite": {"task": self.cfg.task.name, "dataset": self.dataset_name()}}
+        if self.checkpoint is not None:
+            return self.checkpoint.build(self.head, fields)
+        return self.head(SuiteConfig(**fields))
 
     def dataloader(self, split: str, train: bool) -> DataLoader | None:
         """Batches of `split` ("train", "validation", "test"); shuffled and augmented when `train`."""
@@ -113,8 +139,8 @@ class Task:
         return str(self.cfg.data.get("dir") or self.cfg.data.get("hub_id"))
 
     def variant_tags(self) -> list[str]:
-        """What this run's recipe adds to the model's name in the leaderboard (e.g. `teachers=3`)."""
-        return []
+        """What this run's recipe adds to the model's name in the leaderboard (e.g. `teachers=3`, `pretrained`)."""
+        return ["pretrained"] if self.model_cfg.pretrained else []
 
     # -- prediction side -----------------------------------------------------------------------------------------
     def load_assets(self, run_dir: Path) -> None:

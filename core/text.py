@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterable
 import torch
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from core.task import UserError
 
 SPECIAL = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
            "mask_token": "[MASK]", "bos_token": "[BOS]", "eos_token": "[EOS]"}
@@ -44,6 +46,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiec
         single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B {sep}",
         special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
+
+
+def checkpoint_tokenizer(folder, max_len: int) -> PreTrainedTokenizerFast:
+    """A published checkpoint's own tokenizer (its embedding was trained on that vocabulary), cut at `max_len`."""
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise UserError(f"the checkpoint in {folder} has no readable tokenizer ({str(e).splitlines()[0]}); give a "
+                        "folder with tokenizer.json (or vocab.txt)") from None
+    if not tok.is_fast:
+        raise UserError(f"the checkpoint's tokenizer in {folder} has no fast (Rust) version; the suite needs one")
+    tok.model_max_length = max_len
+    return tok
 
 
 def wordpiece_vocab(texts: Iterable[str], vocab_size: int, norm, specials: list[str], min_frequency: int) -> dict:

@@ -23,7 +23,7 @@ from core.attention_plots import last_layer, token_heatmap
 from core.classification import TeacherTargets, class_names, classification_metrics, label_ids, predictions
 from core.data import drop_empty, load_splits
 from core.heads import SuiteForSequenceClassification
-from core.text import TokenDropout, train_tokenizer
+from core.text import TokenDropout, checkpoint_tokenizer, train_tokenizer
 from core.train import resolve_precision
 from core.transformer import record_attention
 
@@ -84,7 +84,10 @@ class Task(base.Task):
         ds = drop_empty(load_splits(self.cfg.data), "text")
         tc = self.config
         self.labels = class_names(ds["train"]["label"], ds["train"].features["label"], tc.label_names)
-        if is_main:
+        if is_main and self.checkpoint is not None:  # model.pretrained: its own vocabulary
+            self.tokenizer = checkpoint_tokenizer(self.checkpoint.folder, min(tc.max_len, self.checkpoint.fields["max_len"]))
+            self.tokenizer.save_pretrained(run_dir)
+        elif is_main:
             self.tokenizer = train_tokenizer(ds["train"]["text"], tc.vocab_size, tc.tokenizer, tc.lowercase)
             self.tokenizer.model_max_length = tc.max_len
             self.tokenizer.save_pretrained(run_dir)
@@ -127,7 +130,7 @@ class Task(base.Task):
                           drop_last=train)
 
     def variant_tags(self) -> list[str]:
-        return [f"teachers={len(self.config.teachers)}"] if self.config.teachers else []
+        return super().variant_tags() + ([f"teachers={len(self.config.teachers)}"] if self.config.teachers else [])
 
     # -- model and metrics -------------------------------------------------------------------------------------------
     def model_fields(self) -> dict:

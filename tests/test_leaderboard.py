@@ -43,12 +43,13 @@ def run(task: str, dataset: str, metrics: dict, model: str = "small", seed: int 
 HORIZON_96 = {"task": {"name": "forecasting", "horizon": 96}, "data": {"dir": "etth1", "file": "ETTh1.csv"}}
 
 
-@pytest.mark.parametrize("dataset, metric, config", [("sst2", "accuracy", None), ("etth1", "mse", HORIZON_96)])
-def test_normalised_score_is_0_at_the_baseline_and_100_at_the_reference(references, dataset, metric, config):
-    ref = references[dataset]
+@pytest.mark.parametrize("task, dataset, metric, config", [("sentiment", "sst2", "accuracy", None),
+                                                           ("forecasting", "etth1", "mse", HORIZON_96)])
+def test_normalised_score_is_0_at_the_baseline_and_100_at_the_reference(references, task, dataset, metric, config):
+    ref = references[task][dataset]
 
     def score(value: float) -> float:
-        return leaderboard.normalised(run("t", dataset, {metric: value}, config=config), references)
+        return leaderboard.normalised(run(task, dataset, {metric: value}, config=config), references)
 
     assert score(ref["baseline"]) == pytest.approx(0) and score(ref["reference"]) == pytest.approx(100)
     assert score((ref["baseline"] + ref["reference"]) / 2) == pytest.approx(50)
@@ -64,6 +65,9 @@ def test_runs_without_a_comparable_reference_have_no_score(references):
     own_csv = {**HORIZON_96, "data": {"dir": "etth1", "file": "/home/me/load.csv"}}
     assert leaderboard.normalised(run("forecasting", "etth1", {"mse": 0.4}, config=own_csv), references) is None
     assert leaderboard.normalised(run("sentiment", "sst2", {"macro_f1": 0.9}), references) is None
+    # references are keyed by task and dataset: another task on fsdd does not inherit speech recognition's
+    assert leaderboard.normalised(run("asr", "fsdd", {"word_wer": 0.1}), references) is not None
+    assert leaderboard.normalised(run("my_fsdd_task", "fsdd", {"word_wer": 0.1}), references) is None
 
 
 ETTH1 = "etth1 H96 L336 patch"  # the forecasting task names its setting with the dataset; data.dir keys the reference
@@ -102,7 +106,7 @@ def test_suite_view_groups_seeds_and_averages_tasks(tmp_path, references):
     assert vit["score"] is None and "my_photos" in vit["no_reference_why"] and rope["scored_tasks"] == 1
     markdown = leaderboard.render(leaderboard.rows(db), "markdown", "suite", references)
     assert "| small | 0,1 |" in markdown
-    assert "vit: no normalised score (no reference for dataset 'my_photos')" in markdown
+    assert "vit: no normalised score (no reference for vit on dataset 'my_photos')" in markdown
     assert "small_rope" in (tmp_path / "leaderboard.md").read_text()  # the copy beside the database is refreshed
     as_json = json.loads(leaderboard.render(leaderboard.rows(db), "json", "suite", references))
     assert [v["model"] for v in as_json] == ["small", "small_rope"] and as_json[0]["tasks"]["sentiment"]["seeds"] == 2

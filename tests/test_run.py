@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.conftest import ROOT, run_suite, write_sst2
+from tests.conftest import ROOT, run_suite, run_without_suite, write_sst2
 
 TINY = ["task=sentiment", "model=tiny", "task.vocab_size=200", "trainer.batch_size=16", "trainer.lr=1e-3",
         "trainer.warmup_steps=10", "trainer.max_minutes=0", "trainer.log_every=5"]
@@ -84,6 +85,74 @@ def test_predict_text_and_file(trained, tmp_path):
     lines = out.stdout.rstrip("\n").split("\n")
     assert len(lines) == 3 and lines[0].startswith("negative") and "(empty input)" in lines[1]
     assert lines[2].startswith("positive")
+
+
+TEXTS = ["a great and charming film", "a dull and boring story", "the plot was quite moving and superb"]
+
+
+def test_a_run_folder_is_a_transformers_model(trained, tmp_path):
+    """Auto classes, save_pretrained and the text-classification pipeline open a run folder once `core` is imported,
+    and agree with mode=predict."""
+    import core  # noqa: F401  (registers the suite's classes with transformers)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    workdir, run_dir, _ = trained
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
+    enc = AutoTokenizer.from_pretrained(run_dir)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits
+    model.save_pretrained(tmp_path / "copy")
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "copy").eval()
+    with torch.no_grad():
+        assert torch.equal(again(**enc).logits, logits)
+
+    results = pipeline("text-classification", model=str(run_dir))(TEXTS)
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("\n".join(TEXTS) + "\n")
+    out = run_suite("mode=predict", f"run_dir={run_dir}", f"input={inputs}", cwd=workdir)
+    assert out.returncode == 0, out.stderr
+    probs = logits.softmax(-1)
+    for line, result, p in zip(out.stdout.splitlines(), results, probs):
+        label, prob, _ = line.split("\t")
+        assert result["label"] == label == model.config.id2label[int(p.argmax())]
+        assert abs(result["score"] - p.max().item()) < 1e-6 and abs(float(prob) - result["score"]) <= 5e-4
+
+
+def test_a_run_folder_loads_where_the_suite_is_not_installed(trained, tmp_path):
+    import core  # noqa: F401
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _, run_dir, _ = trained
+    folder = tmp_path / "shared_model"
+    shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    enc = AutoTokenizer.from_pretrained(run_dir)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()(**enc).logits
+    out = run_without_suite(f"""
+import json, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+enc = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)({TEXTS!r}, padding=True,
+                                                                          return_tensors="pt")
+with torch.no_grad():
+    print(type(model).__module__, json.dumps(model(**enc).logits.tolist()))
+""", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    module, logits = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert module.startswith("transformers_modules.")  # the folder's own copy of the modeling code
+    torch.testing.assert_close(torch.tensor(json.loads(logits)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_broken_config_json_is_one_line(trained, tmp_path):
+    workdir, run_dir, _ = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    (broken / "config.json").write_text("{not json")
+    out = run_suite("mode=predict", f"run_dir={broken}", "text=fine", cwd=workdir)
+    assert out.returncode == 2 and "config.json" in out.stderr and "Traceback" not in out.stderr
+    (broken / "config.json").unlink()
+    out = run_suite("mode=predict", f"run_dir={broken}", "text=fine", cwd=workdir)
+    assert out.returncode == 2 and "config.json" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_distilled_run_names_its_teachers_and_predicts(trained, data_root, tmp_path):
