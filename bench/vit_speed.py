@@ -1,8 +1,9 @@
 """Training throughput of the suite's ViT against timm's VisionTransformer of the same size.
 
 All at embed 256, depth 4, 4 heads, MLP 1024, 32x32 RGB input, patch 4 (64 patches), 10 classes, batch 32,
-label smoothing 0.1. `suite` is the ViT task's default settings at that size (conf/task/vit.yaml: no dropout, mean
-pooling, 2-D sine-cosine positions); `suite-d0.1` the same with dropout 0.1; `timm` is VisionTransformer with its
+label smoothing 0.1. `suite` is the ViT task's model (`SuiteForImageClassification`, built by tasks/vit.py) with its
+default settings at that size (conf/task/vit.yaml: no dropout, mean pooling, 2-D sine-cosine positions) and the
+linear patch stem; `suite-d0.1` the same with dropout 0.1; `timm` is VisionTransformer with its
 defaults (class token, learned positions, no dropout). Timed side by side in one
 process: forward + backward + fused AdamW step, the models interleaved round by round so that machine noise hits
 them alike. Prints images/s, the ratios, and model-FLOPs utilisation against the matmul peak of the same run.
@@ -18,25 +19,28 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from speedtest import interleaved_rates, matmul_peak  # noqa: E402
 
-from core.transformer import TransformerConfig  # noqa: E402
-from tasks.vit import VisionTransformer  # noqa: E402
+from tasks.vit import Task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 B, C, SIZE, PATCH, CLASSES = 32, 3, 32, 4, 10
 
 
 def suite_model(**overrides) -> torch.nn.Module:
-    """conf/model/small.yaml's size (256 wide, 4 layers, 4 heads, FFN 1024) with the ViT task's other settings."""
-    task_cfg = OmegaConf.load(ROOT / "conf/task/vit.yaml")
-    fields = {**OmegaConf.load(ROOT / "conf/model/small.yaml"), "dropout": task_cfg.model.dropout, **overrides}
-    model_cfg = TransformerConfig(**fields)
-    tc = task_cfg.task
-    return VisionTransformer(model_cfg, (SIZE, SIZE), PATCH, C, CLASSES, tc.pooling, tc.position, tc.label_smoothing)
+    """The ViT task's model (tasks/vit.py builds it from conf/task/vit.yaml) at conf/model/small.yaml's size (256
+    wide, 4 layers, 4 heads, FFN 1024) with the patch stem, for 32x32 RGB images and 10 classes."""
+    small = OmegaConf.load(ROOT / "conf/model/small.yaml")
+    args = ["task=vit", "model=small", "task.stem=patch", *(f"model.{k}={small[k]}" for k in ("d_model", "n_heads",
+            "d_ff", "n_layers")), *(f"model.{k}={v}" for k, v in overrides.items())]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        task = Task(compose("config", overrides=args))
+    task.labels, task.size, task.channels = [str(i) for i in range(CLASSES)], (SIZE, SIZE), C
+    return task.build_model()
 
 
 def timm_model() -> torch.nn.Module:
@@ -44,8 +48,6 @@ def timm_model() -> torch.nn.Module:
 
     return TimmViT(img_size=SIZE, patch_size=PATCH, in_chans=C, num_classes=CLASSES, embed_dim=256, depth=4,
                    num_heads=4, mlp_ratio=4.0)
-
-
 
 
 def make_step(model, kind: str, bf16: bool):
@@ -57,7 +59,7 @@ def make_step(model, kind: str, bf16: bool):
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if kind.startswith("suite"):
-                loss = model(images=images, labels=labels)["loss"]
+                loss = model(pixel_values=images, labels=labels)["loss"]
             else:
                 loss = F.cross_entropy(model(images).float(), labels, label_smoothing=0.1)
         loss.backward()

@@ -1,6 +1,9 @@
-"""The ViT task: patch stem shapes, augmentation, learning, prediction from files, and a run through run.py."""
+"""The ViT task: image stem shapes, augmentation, learning, prediction from files, saved runs through transformers
+(from_pretrained, trust_remote_code, the image-classification pipeline) and a run through run.py."""
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +12,17 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
 
-from core.task import UserError, load_weights, save_weights
-from core.transformer import TransformerConfig
-from tasks.vit import ConvStem, Task, VisionTransformer, attention_maps, random_crop_flip
-from tests.conftest import ROOT, run_suite
+import core  # noqa: F401  (registers the suite's models with the Auto classes)
+from core.heads import SuiteForImageClassification
+from core.image import attention_rollout, hold_out, image_processor, random_crop_flip
+from core.stems import ConvPatches
+from core.task import UserError, load_run, save_weights
+from tasks.vit import Task
+from tests.conftest import ROOT, run_suite, run_without_suite
 
-TINY_CFG = TransformerConfig(d_model=32, n_heads=2, d_ff=64, n_layers=2, dropout=0.0)
+TINY = ["model=tiny", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.n_layers=2", "model.dropout=0"]
 
 
 def fashion_like(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +55,13 @@ def vit_task(*overrides: str) -> Task:
         return Task(compose("config", overrides=["task=vit", "model=tiny", *overrides]))
 
 
+def tiny_model(size=(28, 28), channels=1, classes=10, *overrides: str) -> tuple[Task, SuiteForImageClassification]:
+    """A 32-wide, 2-layer model as the task builds it for images of this size and these channels."""
+    task = vit_task(*TINY, *overrides)
+    task.labels, task.size, task.channels = [f"c{i}" for i in range(classes)], tuple(size), channels
+    return task, task.build_model()
+
+
 @pytest.mark.parametrize("size, channels, pooling, position, stem", [
     ((24, 40), 3, "cls", "learned", "patch"),
     ((28, 28), 1, "mean", "sincos2d", "patch"),
@@ -56,37 +70,107 @@ def vit_task(*overrides: str) -> Task:
     ((28, 28), 1, "mean", "learned", "conv"),
 ])
 def test_patch_embedding_shapes(size, channels, pooling, position, stem):
-    model = VisionTransformer(TINY_CFG, size, 4, channels, 7, pooling, position, stem=stem)
+    _, model = tiny_model(size, channels, 7, f"task.pooling={pooling}", f"task.position={position}",
+                          f"task.stem={stem}")
     images = torch.rand(5, channels, *size)
-    tokens = model.stem(images)
+    tokens, mask = model.model.stem(pixel_values=images)
     patches = (size[0] // 4) * (size[1] // 4)
-    assert tokens.shape == (5, patches + (pooling == "cls"), 32)
-    assert model.stem.grid == (size[0] // 4, size[1] // 4)
-    assert model(images=images)["logits"].shape == (5, 7)
-    assert attention_maps(model, images).shape == (5, size[0] // 4, size[1] // 4)
+    assert tokens.shape == (5, patches + (pooling == "cls"), 32) and mask is None
+    assert model.model.stem.grid == (size[0] // 4, size[1] // 4)
+    assert isinstance(model.model.stem.patch, ConvPatches) == (stem == "conv")
+    assert model(pixel_values=images)["logits"].shape == (5, 7)
+    logits, maps = attention_rollout(model.eval(), images)
+    assert maps.shape == (5, size[0] // 4, size[1] // 4) and logits.shape == (5, 7)
+    torch.testing.assert_close(maps.sum((1, 2)), torch.ones(5))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_rollout_multiplies_each_layers_attention_recomputed_from_its_qkv(pooling):
+    """The recorder's probabilities give the rollout that the layers' own Q and K give (the pre-reshape method)."""
+    torch.manual_seed(0)
+    _, model = tiny_model((16, 12), 1, 3, f"task.pooling={pooling}", "task.stem=patch")
+    model.eval()
+    captured = []
+    for layer in model.model.encoder.layers:
+        layer.attn.qkv.register_forward_hook(lambda mod, args, out: captured.append(out))
+    images = torch.rand(3, 1, 16, 12)
+    _, maps = attention_rollout(model, images)
+    rollout = None
+    for qkv in captured:
+        B, T = qkv.shape[:2]
+        q, k, _ = qkv.view(B, T, 3, 2, -1).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
+        a = 0.5 * (q @ k.transpose(-2, -1) / q.size(-1) ** 0.5).softmax(-1).mean(1) + 0.5 * torch.eye(T)
+        rollout = a if rollout is None else a @ rollout
+    want = rollout[:, 0, 1:] if pooling == "cls" else rollout.mean(1)
+    want = want / want.sum(-1, keepdim=True)
+    torch.testing.assert_close(maps, want.view(3, 4, 3))
 
 
 def test_conv_stem_needs_a_power_of_two_patch():
     with pytest.raises(ValueError, match="power of 2"):
-        VisionTransformer(TINY_CFG, (24, 24), 3, 1, 7, stem="conv")
+        ConvPatches(3, 1, 32)
     for bad in (["task.stem=conv", "task.patch_size=7"], ["task.stem=convolutional"]):  # from config: one line
         with pytest.raises(UserError, match="task.stem="):
             vit_task(*bad)
 
 
+@pytest.mark.parametrize("override", ["task.pooling=max", "task.position=rope", "task.channels=2",
+                                      "task.image_size=[28]", "task.augment.hflip=2", "task.val_size=0"])
+def test_a_bad_task_setting_is_named_in_one_line(override):
+    with pytest.raises(UserError, match=re.escape(override.split("=")[0] + "=")):
+        vit_task(override)
+
+
 def test_a_run_saved_with_either_stem_reloads_with_it(tmp_path):
-    for stem in ("patch", "conv", None):  # None: saved before task.stem existed, when every run had patches
-        task = vit_task(f"task.stem={stem or 'patch'}")
-        task.labels, task.size, task.channels = ["a", "b"], (28, 28), 1
+    for stem in ("patch", "conv", None):  # None: saved before image_stem existed, when every run had patches
+        task, model = tiny_model((28, 28), 1, 2, f"task.stem={stem or 'patch'}")
         run_dir = tmp_path / str(stem)
-        run_dir.mkdir()
-        info = {k: v for k, v in task.model_extras().items() if stem or k != "stem"}
-        save_weights(task.build_model(), run_dir, info)
-        (run_dir / "labels.json").write_text(json.dumps(task.labels))
-        (run_dir / "image.json").write_text(json.dumps({"size": [28, 28], "channels": 1}))
+        save_weights(model.eval(), run_dir)
+        if stem is None:
+            config = json.loads((run_dir / "config.json").read_text())
+            del config["image_stem"]
+            (run_dir / "config.json").write_text(json.dumps(config))
         again = vit_task("task.stem=conv")  # the current default must not override what the run saved
         again.load_assets(run_dir)
-        assert isinstance(load_weights(again.build_model(), run_dir).stem.patch, ConvStem) == (stem == "conv")
+        loaded = again.load_model(run_dir)
+        assert isinstance(loaded.model.stem.patch, ConvPatches) == (stem == "conv")
+        assert again.labels == ["c0", "c1"] and again.size == (28, 28) and again.channels == 1
+        images = torch.rand(4, 1, 28, 28)
+        with torch.no_grad():
+            assert torch.equal(loaded(pixel_values=images)["logits"], model(pixel_values=images)["logits"])
+
+
+def test_a_run_folder_without_a_readable_image_model_is_named_in_one_line(tmp_path):
+    task = vit_task()
+    with pytest.raises(UserError, match="config.json is missing, corrupt"):
+        task.load_assets(tmp_path)  # no config.json
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="config.json is missing, corrupt"):
+        task.load_assets(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "transformer_suite", "stem": "text"}))
+    with pytest.raises(UserError, match="holds no image model"):
+        task.load_assets(tmp_path)
+
+
+@pytest.mark.parametrize("stem, pooling, position", [("conv", "mean", "sincos2d"), ("patch", "cls", "learned")])
+def test_a_trained_model_reloads_through_the_auto_class_to_identical_outputs(tmp_path, stem, pooling, position):
+    torch.manual_seed(0)
+    _, model = tiny_model((16, 12), 3, 4, f"task.stem={stem}", f"task.pooling={pooling}",
+                          f"task.position={position}")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    images, labels = torch.rand(8, 3, 16, 12), torch.arange(8) % 4
+    for _ in range(5):  # moves every weight off its initial value, BatchNorm's running statistics included
+        model(pixel_values=images, labels=labels)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    assert type(loaded) is SuiteForImageClassification and loaded.config.id2label[3] == "c3"
+    with torch.no_grad():
+        want, got = model(pixel_values=images)["logits"], loaded(pixel_values=images)["logits"]
+    assert torch.equal(got, want) and not torch.allclose(want, torch.zeros_like(want))
+    assert torch.equal(loaded.model.stem.pos, model.model.stem.pos)  # a fixed table is rebuilt, not left empty
 
 
 def test_augmentation_keeps_labels(fashion_root, tmp_path):
@@ -96,9 +180,9 @@ def test_augmentation_keeps_labels(fashion_root, tmp_path):
     x, y = task.data["train"]
     loader = task.dataloader("train", train=True)
     batch = loader.collate_fn([loader.dataset[i] for i in range(20)])
-    assert torch.equal(batch["labels"], y[:20]) and batch["images"].shape == (20, 1, 28, 28)
-    assert 0 <= batch["images"].min() and batch["images"].max() <= 1
-    assert not torch.equal(batch["images"], x[:20].float() / 255)  # something was augmented
+    assert torch.equal(batch["labels"], y[:20]) and batch["pixel_values"].shape == (20, 1, 28, 28)
+    assert 0 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= 1
+    assert not torch.equal(batch["pixel_values"], x[:20].float() / 255)  # something was augmented
 
     mixed = vit_task(f"data.root={fashion_root}", "task.val_size=100", "task.augment.mixup=0.8",
                      "task.augment.cutmix=1.0", "trainer.batch_size=16")
@@ -108,7 +192,7 @@ def test_augmentation_keeps_labels(fashion_root, tmp_path):
     batch = loader.collate_fn([loader.dataset[i] for i in range(16)])
     soft = batch["labels"]
     assert soft.shape == (16, 10) and torch.allclose(soft.sum(1), torch.ones(16))
-    assert batch["images"].shape == (16, 1, 28, 28)
+    assert batch["pixel_values"].shape == (16, 1, 28, 28)
     for i in range(16):  # each target's mass sits on the image's own class and its partner's (the batch reversed)
         assert soft[i, list({int(y[i]), int(y[15 - i])})].sum() > 0.9
 
@@ -130,34 +214,46 @@ def test_batched_crop_and_flip_match_per_image_crops():
     assert torch.equal(random_crop_flip(images, padding=0, hflip=1.0), images.flip(-1))
 
 
+def test_validation_hold_out_is_sized_relative_to_the_data():
+    train, val = hold_out(600, 0.25)
+    assert len(val) == 150 and len(train) == 450 and sorted(torch.cat([train, val]).tolist()) == list(range(600))
+    assert len(hold_out(600, 100)[1]) == 100 and len(hold_out(8, 1 / 12)[1]) == 1  # a tiny folder keeps one back
+    order = torch.randperm(60000, generator=torch.Generator().manual_seed(0))  # the default: Fashion-MNIST's split
+    assert torch.equal(hold_out(60000, 0.0833333333)[1], order[:5000])  # of before (5,000 images), unchanged
+    for n, size in ((5, 5), (1, 0.5)):
+        with pytest.raises(UserError, match="task.val_size="):
+            hold_out(n, size)
+
+
 def test_tiny_model_overfits_a_few_images():
     torch.manual_seed(0)
-    model = VisionTransformer(TINY_CFG, (16, 16), 4, 3, 4, "cls", "learned", 0.0)
+    _, model = tiny_model((16, 16), 3, 4, "task.pooling=cls", "task.position=learned", "task.stem=patch",
+                          "task.label_smoothing=0")
     images, labels = torch.rand(8, 3, 16, 16), torch.arange(8) % 4
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = model(images=images, labels=labels)["loss"].item()
+    first = model(pixel_values=images, labels=labels)["loss"].item()
     for _ in range(80):
-        loss = model(images=images, labels=labels)["loss"]
+        loss = model(pixel_values=images, labels=labels)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad()
     model.eval()
-    out = model(images=images, labels=labels)
+    out = model(pixel_values=images, labels=labels)
     assert out["loss"].item() < 0.05 * first
     assert torch.equal(out["logits"].argmax(-1), labels)
 
 
 def test_prediction_on_a_png_equals_prediction_on_the_tensor(tmp_path):
-    task = vit_task()
-    task.labels, task.size, task.channels = [f"c{i}" for i in range(10)], (28, 28), 1
     torch.manual_seed(0)
-    model = task.build_model().eval()
-    torch.nn.init.normal_(model.head.weight)  # the zero-initialised head would give every class 0.1
+    task, model = tiny_model((28, 28), 1, 10)
+    task.processor = image_processor((28, 28))  # what prepare saves and load_assets reads back
+    model.eval()
+    torch.nn.init.normal_(model.classifier.linear.weight)  # the zero-initialised head would give every class 0.1
     pixels = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
     Image.fromarray(pixels[0].numpy(), "L").save(tmp_path / "x.png")
     (line,) = task.predict(model, [tmp_path / "x.png"])
     with torch.no_grad():
-        probs = model(images=pixels[None].float() / 255)["logits"].softmax(-1)[0]
+        probs = model(pixel_values=pixels[None].float() / 255)["logits"].softmax(-1)[0]
     top = probs.topk(5)
     assert line.split("\t") == [str(tmp_path / "x.png")] + [
         f"c{i} {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist())]
@@ -187,26 +283,51 @@ def test_imagefolder_skips_corrupt_files_and_converts_channels(tmp_path, caplog)
     assert task.labels == ["boot", "shirt"] and task.size == (12, 8)
     assert sum(len(y) for _, y in (task.data["train"], task.data["validation"])) == 8
     assert task.data["test"][0].shape == (8, 1, 12, 8)
+    assert task.build_model().config.id2label == {0: "boot", 1: "shirt"}  # label names live in config.json
 
 
-def test_train_predict_and_attention_through_run_py(fashion_root, tmp_path):
+# -- a run through run.py, then its folder in transformers' hands ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fashion_run(fashion_root, tmp_path_factory) -> Path:
+    """A tiny model trained on the block-on-noise toy by `python run.py task=vit ...`: its run folder."""
+    cwd = tmp_path_factory.mktemp("vit_run")
     args = ["task=vit", "model=tiny", "model.dropout=0", "trainer.batch_size=32", "trainer.lr=2e-3",
             "trainer.warmup_steps=10", "trainer.max_minutes=0", "trainer.max_steps=60", "trainer.eval_every=30",
             "task.val_size=100", "task.augment.crop_padding=0", "task.augment.hflip=0", f"data.root={fashion_root}",
             "task.stem=patch"]  # the convolutional stem's BatchNorm learns this block-on-noise toy far slower
-    out = run_suite(*args, cwd=tmp_path)
+    out = run_suite(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})  # one thread: the fastest on a shared machine
     assert out.returncode == 0, out.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "runs").glob("*")
-    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    (run_dir,) = (cwd / "outputs" / "runs").glob("*")
+    return run_dir
+
+
+def probe_images(folder: Path) -> list[Path]:
+    """Three toy images at the model's size, one greyscale and one colour image of other sizes."""
+    folder.mkdir(exist_ok=True)
+    x, _ = fashion_like(3, np.random.default_rng(5))
+    for i in range(3):
+        Image.fromarray(x[i]).save(folder / f"{i}.png")
+    Image.fromarray(x[0]).resize((36, 40), Image.NEAREST).save(folder / "3_big.png")
+    rgb = np.random.default_rng(6).integers(0, 255, (20, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb, "RGB").save(folder / "4_wide_rgb.png")
+    return sorted(folder.glob("*.png"))
+
+
+def test_train_predict_and_attention_through_run_py(fashion_run, tmp_path):
+    metrics = json.loads((fashion_run / "metrics.json").read_text())["metrics"]
     assert metrics["accuracy"] >= 0.8, metrics  # the class is where the bright block is
     assert {"acc_t_shirt_top", "acc_ankle_boot"} <= set(metrics)
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in fashion_run.iterdir()}
+    assert not (fashion_run / "labels.json").exists() and not (fashion_run / "image.json").exists()
 
     x, y = fashion_like(10, np.random.default_rng(5))
     images = tmp_path / "images"
     images.mkdir()
     for i in range(3):
         Image.fromarray(x[i]).save(images / f"{i}.png")
-    out = run_suite("task=vit", "mode=predict", f"run_dir={run_dir}", f"image={images}",
+    out = run_suite("task=vit", "mode=predict", f"run_dir={fashion_run}", f"image={images}",
                     f"attention_png={tmp_path / 'attn.png'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().split("\n")
@@ -220,5 +341,56 @@ def test_train_predict_and_attention_through_run_py(fashion_root, tmp_path):
     assert Image.open(tmp_path / "attn.png").size[0] > 28
 
     (tmp_path / "bad.png").write_text("not an image")
-    out = run_suite("task=vit", "mode=predict", f"run_dir={run_dir}", f"image={tmp_path / 'bad.png'}", cwd=tmp_path)
+    out = run_suite("task=vit", "mode=predict", f"run_dir={fashion_run}", f"image={tmp_path / 'bad.png'}", cwd=tmp_path)
     assert out.returncode == 2 and "cannot open image" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_image_pipeline_gives_the_labels_and_scores_of_mode_predict(fashion_run, tmp_path):
+    files = probe_images(tmp_path / "probe")
+    out = run_suite("task=vit", "mode=predict", f"run_dir={fashion_run}", f"image={tmp_path / 'probe'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    printed = [[f.rsplit(" ", 1) for f in line.split("\t")[1:]] for line in out.stdout.strip().split("\n")]
+    pipe = pipeline("image-classification", model=str(fashion_run))
+    assert pipe.image_processor.do_normalize is False  # the stem normalises: the processor only resizes and scales
+    results = pipe([str(f) for f in files], top_k=5)
+    assert len(printed) == len(results) == 5
+    for line, result in zip(printed, results):
+        assert [label for label, _ in line] == [r["label"] for r in result]
+        assert [float(p) for _, p in line] == [round(r["score"], 3) for r in result]
+    task, model = load_run(fashion_run)  # and to the last digit, from the same code path
+    with torch.no_grad():
+        _, probs = task.probabilities(model, files)
+    for p, result in zip(probs, results):
+        top = p.topk(5)
+        assert [task.labels[i] for i in top.indices] == [r["label"] for r in result]
+        torch.testing.assert_close(top.values, torch.tensor([r["score"] for r in result]), rtol=0, atol=1e-6)
+    assert len({tuple(r["label"] for r in result) for result in results}) > 1  # the images are told apart
+
+
+def test_a_copied_run_folder_loads_where_the_suite_is_not_installed(fashion_run, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(fashion_run, copy, ignore=shutil.ignore_patterns("checkpoints", "config.yaml", "*.log"))
+    files = probe_images(tmp_path / "probe")
+    pixels = torch.rand(4, 1, 28, 28)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    code = f"""
+import json, torch
+from transformers import AutoModelForImageClassification, pipeline
+model = AutoModelForImageClassification.from_pretrained({str(copy)!r}, trust_remote_code=True).eval()
+assert "transformers_modules" in type(model).__module__, type(model).__module__
+with torch.no_grad():
+    torch.save(model(pixel_values=torch.load("pixels.pt"))["logits"], "logits.pt")
+pipe = pipeline("image-classification", model={str(copy)!r}, trust_remote_code=True)
+json.dump(pipe({[str(f) for f in files]!r}, top_k=3), open("pipeline.json", "w"))
+"""
+    out = run_without_suite(code, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, model = load_run(fashion_run)
+    with torch.no_grad():
+        want = model(pixel_values=pixels)["logits"]
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), want, rtol=1e-5, atol=1e-6)
+    here = pipeline("image-classification", model=str(fashion_run))([str(f) for f in files], top_k=3)
+    there = json.loads((tmp_path / "pipeline.json").read_text())
+    assert [[r["label"] for r in x] for x in there] == [[r["label"] for r in x] for x in here]
+    for x, y in zip(there, here):
+        assert [r["score"] for r in x] == pytest.approx([r["score"] for r in y], abs=1e-6)
