@@ -1,15 +1,21 @@
-"""The NER task: subword alignment, windows, IOB handling, decoding, spans, overfitting, bad input, run.py."""
+"""The NER task and its head: subword alignment, windows, IOB handling, decoding (Viterbi, max-marginals), spans,
+overfitting, bad input, the run folder as a transformers model (Auto class, pipeline, remote code), run.py."""
 
+import itertools
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForTokenClassification, pipeline
 
-from core.task import UserError, load_task
-from tasks.ner import WORD_RE, Collate, split_windows, stitch, to_iob2, transition_rules, viterbi
-from tests.conftest import run_suite
+from core.tagging import max_marginals, transition_rules, viterbi
+from core.task import UserError, load_task, save_weights  # importing core registers its Auto classes
+from core.words import Collate, split_windows, stitch, to_iob2
+from tasks.ner import WORD_RE
+from tests.conftest import run_suite, run_without_suite
 from tests.test_train import compose_cfg
 
 FIRST = "Angela Peter Maria Johannes Ingrid Kowalczyk".split()
@@ -116,22 +122,190 @@ def train_steps(task, steps: int = 150) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("decoder,chars", [("constrained", "true"), ("crf", "false")])
-def test_tiny_model_overfits_and_predicts_character_spans(tmp_path, decoder, chars):
-    write_conll(tmp_path, sizes=(8, 8, 8))
-    task = make_task(tmp_path, tmp_path, f"task.decoder={decoder}", f"task.char_features={chars}",
-                     "model.dropout=0.0", "task.word_dropout=0.0")
-    model = train_steps(task)
+@pytest.fixture(scope="module", params=[("constrained", "true"), ("crf", "false")], ids=lambda p: "-".join(p))
+def trained(request, tmp_path_factory):
+    """A tiny model trained to fit 8 sentences, saved as a run folder (weights, config.json, tokenizer)."""
+    decoder, chars = request.param
+    root = tmp_path_factory.mktemp(f"ner_{decoder}")
+    write_conll(root, sizes=(8, 8, 8))
+    task = make_task(root, root, f"task.decoder={decoder}", f"task.char_features={chars}", "model.dropout=0.0",
+                     "task.word_dropout=0.0")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = train_steps(task)
+    finally:
+        torch.set_num_threads(threads)
+    save_weights(model, root)
+    return task, model, root
+
+
+def test_tiny_model_overfits_and_predicts_character_spans(trained):
+    task, model, root = trained
     records = []
     with torch.no_grad():
         for batch in task.dataloader("train", train=False):
             records += task.eval_step(model, batch)
     assert task.compute_metrics(records)["f1"] == 100.0
-    row = json.loads((tmp_path / "conll2003/train.jsonl").read_text().splitlines()[0])
+    row = json.loads((root / "conll2003/train.jsonl").read_text().splitlines()[0])
     text = " ".join(row["tokens"][:-1]) + "."  # "Maria Lindqvist left Buenos Aires on Monday."
     (line,) = task.predict(model, [text])
     expected = [f"{t[2:]} {text.index(w)}:{text.index(w) + len(w)} {w}" for t, w in entity_surfaces(row)]
     assert line == f"{text}\t{'; '.join(expected)}"
+
+
+def parity_texts(seed: int = 1, n: int = 6) -> list[str]:
+    """Sentences whose words the pipeline's pre-tokenizer and WORD_RE split alike (names, verbs, `on Monday.`)."""
+    rng = random.Random(seed)
+    return [" ".join(conll_sentence(rng)[0][:-1]) + "." for _ in range(n)] + ["Paris ."]
+
+
+def assert_pipeline_matches_predict(task, model, run_dir: Path, texts: list[str]) -> None:
+    """transformers' token-classification pipeline on the run folder gives mode=predict's label for every subword
+    of every word, and its word-level entity groups are mode=predict's character spans."""
+    nlp = pipeline("token-classification", model=str(run_dir))
+    for text, line in zip(texts, task.predict(model, texts)):
+        words = list(WORD_RE.finditer(text))
+        (tags,) = task.tag(model, [[m.group() for m in words]])
+        tokens = nlp(text, ignore_labels=[])  # every subword with its argmax label
+        for m, tag in zip(words, tags):
+            inside = [t["entity"] for t in tokens if m.start() <= t["start"] < m.end()]
+            assert inside and set(inside) == {tag}, (text, m.group(), inside, tag)
+        spans = [f"{g['entity_group']} {g['start']}:{g['end']} {text[g['start'] : g['end']]}"
+                 for g in nlp(text, aggregation_strategy="first")]
+        assert line == f"{text}\t{'; '.join(spans) if spans else '(no entities)'}"
+
+
+def test_a_run_folder_reloads_through_the_auto_class_and_the_pipeline_agrees(trained):
+    task, model, root = trained
+    assert not (root / "labels.json").exists() and not (root / "chars.json").exists()
+    again = AutoModelForTokenClassification.from_pretrained(root).eval()
+    assert type(again) is type(model) and again.config.id2label == dict(enumerate(task.labels))
+    batch = Collate(task.tokenizer, chars=task.config.char_features)(task.data["test"])
+    with torch.no_grad():
+        for inputs in ({k: v for k, v in batch.items() if k != "labels"}, {"input_ids": batch["input_ids"],
+                                                                          "attention_mask": batch["attention_mask"]}):
+            a, b = model(**inputs), again(**inputs)
+            assert torch.equal(a.logits, b.logits) and torch.equal(a.word_scores, b.word_scores)
+    fresh = load_task(task.cfg)
+    fresh.load_assets(root)
+    loaded = fresh.load_model(root)
+    assert fresh.labels == task.labels  # from config.json
+    if task.config.char_features:  # the char-CNN's characters come with its weights
+        assert fresh.chars == task.chars and len(fresh.chars) > 30
+    else:
+        assert fresh.chars == {}
+    texts = parity_texts()
+    assert fresh.predict(loaded, texts) == task.predict(model, texts)
+    assert_pipeline_matches_predict(fresh, loaded, root, texts)
+
+
+@pytest.fixture(scope="module")
+def random_crf(tmp_path_factory):
+    """An untrained CRF model with chars whose transitions are random and strong: its Viterbi paths often differ
+    from the per-word argmax, so only the max-marginals can give the pipeline mode=predict's labels."""
+    root = tmp_path_factory.mktemp("ner_random_crf")
+    write_conll(root)
+    task = make_task(root, root, "task.decoder=crf", "task.char_features=true", "task.max_word_chars=6")
+    torch.manual_seed(3)
+    model = task.build_model().eval()
+    with torch.no_grad():
+        model.tags.trans.normal_(0.0, 4.0)
+        model.tags.start.normal_(0.0, 4.0)
+    save_weights(model, root)
+    return task, model, root
+
+
+def test_the_pipeline_reads_the_viterbi_path_of_a_crf(random_crf):
+    task, model, root = random_crf
+    texts = parity_texts(seed=2)
+    rows = task.rows([WORD_RE.findall(t) for t in texts])
+    with torch.no_grad():
+        out = model(**{k: v for k, v in Collate(task.tokenizer)(rows).items() if k not in ("sid", "offset")})
+    assert model.decode(out) != model.decode(out, constrained=False)  # the emissions alone would be wrong
+    assert_pipeline_matches_predict(task, model, root, texts)
+
+
+def test_bare_input_ids_give_the_words_and_characters_the_task_gives(random_crf):
+    """Without word_starts and chars (a pipeline's call) the model finds each word's first subword and its
+    characters (its pieces' end to end, at most max_word_chars) as the task's own windows have them."""
+    task, model, _ = random_crf
+    sentences = [["Schwarzenegger", "visited", "Reykjavik", "."], ["Ingrid", "Kowalczyk", "left", "Paris"]]
+    batch = Collate(task.tokenizer)(task.rows(sentences))
+    assert any(b - a > 1 for a, b in zip(batch["word_starts"][0].tolist(), batch["word_starts"][0, 1:].tolist()))
+    starts, mask = model.vocab.words(batch["input_ids"], batch["attention_mask"])
+    assert torch.equal(starts, batch["word_starts"]) and torch.equal(mask, batch["word_starts"] > 0)
+    token_word = model.vocab.token_words(batch["input_ids"], batch["attention_mask"], starts, mask)
+    chars = model.vocab.word_chars(batch["input_ids"], starts, token_word)
+    assert chars.size(-1) == 6 and torch.equal(chars[:, :, : batch["chars"].size(-1)], batch["chars"])
+    assert (chars[0, 0] > 1).all()  # "Schwarzenegger" is cut at 6 characters, read across its pieces
+    with torch.no_grad():
+        bare = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        full = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "word_starts", "chars")})
+    assert torch.equal(bare.logits, full.logits)
+
+
+def test_a_run_folder_loads_where_the_suite_is_not_installed(random_crf, tmp_path):
+    task, model, root = random_crf
+    folder = tmp_path / "shared_model"
+    shutil.copytree(root, folder, ignore=shutil.ignore_patterns("conll2003"))
+    texts = parity_texts(seed=4, n=3)
+    enc = task.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**enc).logits
+    out = run_without_suite(f"""
+import json, torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+model = AutoModelForTokenClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+enc = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)({texts!r}, padding=True,
+                                                                         return_tensors="pt")
+with torch.no_grad():
+    print(type(model).__module__, json.dumps(model(**enc).logits.tolist()))
+nlp = pipeline("token-classification", model={str(folder)!r}, trust_remote_code=True)
+print(json.dumps([[(e["entity_group"], e["start"], e["end"]) for e in nlp(t, aggregation_strategy="first")]
+                  for t in {texts!r}]))
+""", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first, groups = out.stdout.strip().splitlines()[-2:]
+    module, logits = first.split(" ", 1)
+    assert module.startswith("transformers_modules.")  # the folder's own copy of the modeling code
+    torch.testing.assert_close(torch.tensor(json.loads(logits)), expected, atol=1e-5, rtol=1e-5)
+    spans = [[f"{kind} {start}:{end} {text[start:end]}" for kind, start, end in found]
+             for text, found in zip(texts, json.loads(groups))]
+    assert [line.split("\t")[1] for line in task.predict(model, texts)] == \
+        ["; ".join(s) if s else "(no entities)" for s in spans]
+
+
+def test_max_marginals_point_at_the_viterbi_path():
+    """Per word and tag, the best path through that tag (checked against every path of short rows); their argmax is
+    the Viterbi path, which the per-word argmax often is not."""
+    torch.manual_seed(0)
+    B, W, L = 64, 5, 4
+    scores, trans, start = torch.randn(B, W, L), torch.randn(L, L) * 2, torch.randn(L)
+    lengths = torch.randint(1, W + 1, (B,))
+    mask = torch.arange(W)[None] < lengths[:, None]
+    marg, paths = max_marginals(scores, mask, trans, start), viterbi(scores, mask, trans, start)
+    s, t, first = scores.tolist(), trans.tolist(), start.tolist()
+    for b in range(B):
+        n = int(lengths[b])
+        best = [[-float("inf")] * L for _ in range(n)]
+        for path in itertools.product(range(L), repeat=n):
+            total = first[path[0]] + sum(s[b][w][tag] for w, tag in enumerate(path))
+            total += sum(t[p][q] for p, q in zip(path, path[1:]))
+            for w, tag in enumerate(path):
+                best[w][tag] = max(best[w][tag], total)
+        best = torch.tensor(best)
+        torch.testing.assert_close(marg[b, :n], best)
+        assert marg[b, :n].argmax(-1).tolist() == paths[b] == best.argmax(-1).tolist()
+    greedy = [row[: int(n)] for row, n in zip(scores.argmax(-1).tolist(), lengths)]
+    assert sum(g != p for g, p in zip(greedy, paths)) > B // 4
+
+
+def test_a_wrong_decoder_is_one_line_before_anything_is_built(tmp_path):
+    with pytest.raises(UserError, match=r"^task.decoder='viterbi': choose one of argmax, constrained, crf$"):
+        load_task(compose_cfg("task=ner", "model=tiny", "task.decoder=viterbi", f"data.root={tmp_path}"))
+    with pytest.raises(UserError, match=r"task.word_dropout=1.5"):
+        load_task(compose_cfg("task=ner", "model=tiny", "task.word_dropout=1.5", f"data.root={tmp_path}"))
 
 
 def entity_surfaces(row: dict) -> list[tuple[str, str]]:
@@ -169,7 +343,7 @@ def test_run_py_trains_and_predicts_entities(tmp_path):
     write_conll(tmp_path / "data")
     args = ["task=ner", "model=tiny", "task.vocab_size=120", "trainer.max_steps=4", "trainer.batch_size=8",
             "trainer.eval_every=2", "trainer.mixed_precision=no"]
-    out = run_suite(*args, "hydra.run.dir=run", cwd=tmp_path, env={"SUITE_DATA": str(tmp_path / "data"),
+    out = run_suite(*args, "run_dir=run", cwd=tmp_path, env={"SUITE_DATA": str(tmp_path / "data"),
                                                                       "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "test f1 " in out.stdout and "PER_f1" in out.stdout
@@ -184,6 +358,10 @@ def test_run_py_trains_and_predicts_entities(tmp_path):
             kind, span, surface = entity.split(" ", 2)
             start, end = map(int, span.split(":"))
             assert kind in ("PER", "LOC", "ORG") and text[start:end] == surface
+    assert not (tmp_path / "run/labels.json").exists() and not (tmp_path / "run/chars.json").exists()
+    spans = [f"{g['entity_group']} {g['start']}:{g['end']} {text[g['start'] : g['end']]}"
+             for g in pipeline("token-classification", model=str(tmp_path / "run"))(text, aggregation_strategy="first")]
+    assert line.split("\t")[1] == ("; ".join(spans) if spans else "(no entities)")
 
 
 def test_integer_tags_need_names_and_iob1_data_is_read(tmp_path):
