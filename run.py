@@ -1,24 +1,17 @@
-"""The suite's entry point.
+"""The suite's entry point (`python run.py --help` lists the modes, tasks and variants).
 
     python run.py task=sentiment                          train, evaluate, record in the leaderboard
     python run.py task=sentiment mode=predict run_dir=DIR text="a gripping, funny film"
     python run.py mode=attention run_dir=DIR [out=PNG] [text=...]   what attention looks at on one test example
     python run.py -m 'task=glob(*)' [model=small,small_rope]   every task in turn, failures listed at the end
     python run.py mode=leaderboard [leaderboard.view=suite|runs] [leaderboard.format=table|markdown|json|html]
+    python run.py mode=record run_dir=DIR                 put a finished run into the leaderboard (once)
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import hydra
@@ -26,40 +19,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from core import leaderboard, leaderboard_page
-from core.task import UserError, device_name, load_run, load_task, saved_config
+from core import leaderboard, leaderboard_page, runs
+from core.task import UserError, load_run, saved_config
 
 log = logging.getLogger("run")
 PREDICT_KEYS_FROM_SAVED = ("task", "model", "data", "trainer")  # what a saved run fixes; the rest comes from the CLI
 
 
-def suite_run_dir(mode: str, run_dir: str | None, task: str, model: str) -> str:
-    """Where Hydra puts this job: a fresh timestamped folder for training, the given run to resume it."""
-    if mode != "train":  # predict, attention and leaderboard write nothing: Hydra must not create a folder at run_dir
-        return "outputs"
-    if run_dir:
-        return str(run_dir)
-    if int(os.environ.get("RANK", "0")) > 0:  # DDP: only rank 0 names the run; the others are told its folder
-        return tempfile.gettempdir()
-    # the process id keeps apart runs started in the same second (a script launching seeds side by side)
-    return f"outputs/runs/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{task}_{model}_{os.getpid()}"
-
-
-def installed_or_hub(package: str, subfolder: str, hub_id: str) -> str:
-    """A checkpoint shipped as a Python package (offline) when that package is installed, else its Hub id."""
-    spec = importlib.util.find_spec(package)
-    return str(Path(spec.origin).parent / subfolder) if spec and spec.origin else hub_id
-
-
-OmegaConf.register_new_resolver("suite_run_dir", suite_run_dir, replace=True)
-OmegaConf.register_new_resolver("installed_or_hub", installed_or_hub, replace=True)
-
-
 def quiet_libraries() -> None:
     """Keep the terminal to our progress bar: no per-map bars from datasets, no per-file lines from accelerate."""
     import datasets
+    import transformers
 
     datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
     for name in ("accelerate", "datasets", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -71,61 +44,15 @@ def log_to_stderr() -> None:
             handler.setStream(sys.stderr)
 
 
-def train(cfg: DictConfig) -> dict:
-    """Train the task, score the best checkpoint on test, save everything in the run folder, record the run."""
-    import torch
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import broadcast_object_list, set_seed
-
-    from core.train import fit, resolve_precision, trainer_config
-
-    cpu = not torch.cuda.is_available()  # Accelerate joins a CPU process group (gloo) only when told it is on CPU
-    state = PartialState(cpu=cpu)  # joins the process group under torchrun / accelerate launch
-    run_dir = Path(broadcast_object_list([HydraConfig.get().runtime.output_dir])[0]).resolve()
-    fresh = not (run_dir / "checkpoints").exists()  # a folder this job created, safe to remove on a setup error
-    try:
-        t = trainer_config(cfg)
-        accelerator = Accelerator(cpu=cpu, mixed_precision=resolve_precision(t.mixed_precision, cpu),
-                                  gradient_accumulation_steps=t.grad_accum, log_with="tensorboard",
-                                  project_dir=str(run_dir))
-        set_seed(t.seed)
-        task = load_task(cfg)
-        with accelerator.main_process_first():
-            task.prepare(run_dir, accelerator.is_main_process)
-    except UserError:
-        if fresh and state.is_main_process and not cfg.run_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    handler = logging.FileHandler(run_dir / "train.log") if accelerator.is_main_process else logging.NullHandler()
-    if accelerator.is_main_process:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    logging.getLogger().addHandler(handler)
-    accelerator.init_trackers("tensorboard")
-    log.info("run folder %s (precision %s, %d process(es) on %s)", run_dir, accelerator.mixed_precision,
-             accelerator.num_processes, accelerator.device)
-    try:
-        result = fit(task, t, accelerator, run_dir)
-    finally:
-        accelerator.end_training()
-        logging.getLogger().removeHandler(handler)  # the next job of a sweep logs into its own folder
-        handler.close()
-    if accelerator.is_main_process:
-        config = OmegaConf.to_container(cfg, resolve=True)
-        config.get("leaderboard", {}).pop("references", None)  # the same for every run: kept once, in conf/leaderboard/
-        row = {"run_id": f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.task.name}-{uuid.uuid4().hex[:6]}",
-               "task": cfg.task.name, "dataset": task.dataset_name(), "model": model_variant(cfg, task),
-               "metrics": result["metrics"], "params": result["params"], "train_seconds": result["train_seconds"],
-               "samples_per_second": result["samples_per_second"], "seed": t.seed, "headline": task.metric,
-               "device": device_name(accelerator.device, accelerator.num_processes),
-               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "run_dir": str(run_dir), "commit": code_version(),
-               "config": config, "steps": result["steps"], "best_step": result["best_step"]}
-        saved = {k: v for k, v in row.items() if k != "config"} | {"param_checksums": result["param_checksums"]}
-        (run_dir / "metrics.json").write_text(json.dumps(saved, indent=2) + "\n")
-        leaderboard.record(Path(cfg.leaderboard.path), row, references(cfg))
-        metrics = "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
-        print(f"test {metrics}\nrun saved in {run_dir} (leaderboard: {cfg.leaderboard.path}, run_id {row['run_id']})")
-    return result
+def train(cfg: DictConfig) -> float | None:
+    """Train as configured; return the best validation value of the task's headline metric (what a sweeper tunes)."""
+    hydra_cfg = HydraConfig.get()
+    sweep_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    result = runs.train(cfg, list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices.get("model", "custom"),
+                        sweep_dir)
+    log.info("objective: best validation %s = %s (%s is better)", result["headline"], result["best"],
+             "higher" if result["greater_is_better"] else "lower")
+    return result["best"]
 
 
 def load_saved_run(cfg: DictConfig):
@@ -158,11 +85,6 @@ def attention(cfg: DictConfig) -> None:
     print(f"attention picture written to {path.resolve()}")
 
 
-def references(cfg: DictConfig) -> dict:
-    """The normalised scores' baselines and references, per dataset (conf/leaderboard/default.yaml)."""
-    return OmegaConf.to_container(cfg.leaderboard.get("references") or {}, resolve=True)
-
-
 def show_leaderboard(cfg: DictConfig) -> None:
     """Print the leaderboard in the chosen view and format; `html` writes one page and prints where."""
     lb = cfg.leaderboard
@@ -171,55 +93,31 @@ def show_leaderboard(cfg: DictConfig) -> None:
         raise UserError(f"leaderboard.view={lb.view!r}: choose suite (one row per model variant) or runs")
     if lb.format not in ("table", "markdown", "json", "html"):
         raise UserError(f"leaderboard.format={lb.format!r}: choose table, markdown, json or html")
-    runs = leaderboard.rows(Path(lb.path))
-    if lb.format == "html":
-        page = leaderboard_page.write(Path(lb.output or Path(lb.path).with_suffix(".html")), runs, references(cfg))
-        print(f"leaderboard page written to {page.resolve()} ({len(runs)} runs)")
-    else:
-        print(leaderboard.render(runs, lb.format, view, references(cfg)))
-
-
-def model_variant(cfg: DictConfig, task) -> str:
-    """What the leaderboard compares: the model config's name (`small`, `small_rope`, ...), or the checkpoint's when
-    `model.pretrained=` is given, followed by the `model.<field>=<value>` overrides of the command line
-    (`small+position=rope`), so that sweeping a field gives one variant per value instead of merging them, and by
-    what the task's recipe adds (`+pretrained`, `+teachers=3` for a model distilled from three saved runs)."""
-    if not HydraConfig.initialized():
-        return "custom"
-    hydra_cfg = HydraConfig.get()
-    fields = [o.lstrip("+~").removeprefix("model.") for o in hydra_cfg.overrides.task
-              if o.lstrip("+~").startswith("model.")]
-    name = hydra_cfg.runtime.choices.get("model", "custom")
-    if any(f.startswith("pretrained=") for f in fields):
-        name, fields = task.checkpoint.name, [f for f in fields if not f.startswith("pretrained=")]
-    return "+".join([name, *sorted(fields + task.variant_tags())])
-
-
-def code_version() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+        rows = leaderboard.rows(Path(lb.path))
+        if lb.format == "html":
+            page = leaderboard_page.write(Path(lb.output or Path(lb.path).with_suffix(".html")), rows,
+                                          runs.references(cfg))
+            print(f"leaderboard page written to {page.resolve()} ({len(rows)} runs)")
+        else:
+            print(leaderboard.render(rows, lb.format, view, runs.references(cfg)))
+    except (leaderboard.StoreError, OSError) as e:
+        raise UserError(str(e)) from None
+
+
+MODES = {"train": train, "predict": predict, "attention": attention, "leaderboard": show_leaderboard,
+         "record": runs.record_saved}
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     quiet_libraries()
     if cfg.mode in ("predict", "attention"):
         log_to_stderr()
     try:
-        if cfg.mode == "leaderboard":
-            show_leaderboard(cfg)
-        elif cfg.mode == "predict":
-            predict(cfg)
-        elif cfg.mode == "attention":
-            attention(cfg)
-        elif cfg.mode == "train":
-            train(cfg)
-        else:
-            raise UserError(f"mode={cfg.mode!r}: choose train, predict, attention or leaderboard")
+        if cfg.mode not in MODES:
+            raise UserError(f"mode={cfg.mode!r}: choose {', '.join(MODES)}")
+        return MODES[cfg.mode](cfg)
     except UserError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # core.suite.SuiteReport prints it, lets the sweep go on and lists it at the end

@@ -19,8 +19,9 @@ def class_names(values: list, feature=None, names: list[str] | None = None) -> l
     if isinstance(feature, ClassLabel):
         return list(feature.names)
     distinct = sorted(set(values))
-    if not distinct:
-        raise UserError("the training split has no labels")
+    if len(distinct) < 2:
+        found = f"one class only ({distinct[0]!r})" if distinct else "no labels"
+        raise UserError(f"the training split has {found}: a classifier needs examples of at least two classes")
     if all(isinstance(v, int) for v in distinct):
         names = list(names or [str(i) for i in range(max(distinct) + 1)])
         if max(distinct) >= len(names) or min(distinct) < 0:

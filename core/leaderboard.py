@@ -11,6 +11,8 @@ import json
 import math
 import sqlite3
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # The row a script reads (`leaderboard.view=runs leaderboard.format=json`); these names are a stable interface.
@@ -32,13 +34,26 @@ MIGRATIONS = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open the store (created if missing) and bring its schema up to SCHEMA_VERSION."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=60, isolation_level=None)  # wait for another writer rather than fail
-    if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-        migrate(db)
-    return db
+class StoreError(Exception):
+    """The leaderboard file cannot be opened, read or written (not SQLite, a read-only folder, a path under a file)."""
+
+
+@contextmanager
+def store(path: Path) -> Iterator[sqlite3.Connection]:
+    """The store, open (created if missing, its schema brought up to SCHEMA_VERSION); any failure is a StoreError
+    that names the file."""
+    db = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=60, isolation_level=None)  # wait for another writer rather than fail
+        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            migrate(db)
+        yield db
+    except (sqlite3.Error, OSError) as e:
+        raise StoreError(f"cannot use the leaderboard {path} ({type(e).__name__}: {e})") from None
+    finally:
+        if db is not None:
+            db.close()
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -57,31 +72,30 @@ def migrate(db: sqlite3.Connection) -> None:
 
 
 def record(path: Path, row: dict, references: dict | None = None) -> None:
-    """Insert one run (a single statement, so atomic), then refresh the Markdown copy beside the database."""
+    """Insert one run, or replace the row of the same run_id (a finished run trained further), in a single statement
+    (so atomic); then refresh the Markdown copy beside the database."""
     fields = [k for k in FIELDS if k in row]
     values = [json.dumps(row[k]) if k in JSON_FIELDS else row[k] for k in fields]
-    db = connect(path)
-    try:
-        db.execute(f"INSERT INTO runs ({', '.join(COLUMN.get(k, k) for k in fields)}) "
+    with store(path) as db:
+        db.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMN.get(k, k) for k in fields)}) "
                    f"VALUES ({', '.join('?' * len(fields))})", values)
-    finally:
-        db.close()
     runs = rows(path)
-    path.with_suffix(".md").write_text(render(runs, "markdown", "suite", references) + "\n\n"
-                                       + render(runs, "markdown", "runs", references) + "\n")
+    try:
+        path.with_suffix(".md").write_text(render(runs, "markdown", "suite", references) + "\n\n"
+                                           + render(runs, "markdown", "runs", references) + "\n")
+    except OSError as e:  # the row is in; only the copy failed
+        raise StoreError(f"the run is recorded, but its Markdown copy {path.with_suffix('.md')} could not be "
+                         f"written ({e})") from None
 
 
 def rows(path: Path) -> list[dict]:
     """Every recorded run, oldest first, with every FIELDS key (None where an older schema lacked the column)."""
-    if not path.is_file():
+    if not path.exists():
         return []
-    db = connect(path)
-    try:
+    with store(path) as db:
         cursor = db.execute("SELECT * FROM runs ORDER BY created, run_id")
         names = [{v: k for k, v in COLUMN.items()}.get(d[0], d[0]) for d in cursor.description]
         found = cursor.fetchall()
-    finally:
-        db.close()
     out = []
     for values in found:
         row = dict.fromkeys(FIELDS) | dict(zip(names, values))

@@ -60,7 +60,7 @@ def to_dataclass(node: DictConfig, cls: type, prefix: str):
 
 @dataclass
 class ModelConfig(TransformerConfig):
-    """The `model` group: the core's fields (`conf/model/*.yaml`), and optionally a published checkpoint to start from."""
+    """The `model` group: the core's fields (`conf/model/*.yaml`), optionally a published checkpoint to start from."""
 
     pretrained: str | None = None  # a checkpoint folder (config.json + model.safetensors) or a Hub id: its core,
     #                                stem and tokenizer replace the fields above (core/checkpoints.py), then fine-tune
@@ -88,6 +88,7 @@ class Task:
     head: ClassVar[type[SuitePreTrainedModel]]
     Config: ClassVar[type | None] = None  # the typed `task` group; None: the YAML as it is
     input_keys: ClassVar[tuple[str, ...]] = ("text", "input")  # what mode=predict/attention read instead of test data
+    pipeline_tag: ClassVar[str | None] = None  # transformers' name of the task (model card; pipeline when it has one)
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -163,8 +164,13 @@ class Task:
     def read_inputs(self) -> list:
         """Inputs for `mode=predict`: `text=...` (one input) or `input=<file>` (one input per line)."""
         if self.cfg.get("input"):
-            return read_lines(Path(self.cfg.input))
+            lines = read_lines(Path(self.cfg.input))
+            if not any(line.strip() for line in lines):
+                raise UserError(f"input file {self.cfg.input} holds no input: give one per line")
+            return lines
         if self.cfg.get("text") is not None:
+            if not str(self.cfg.text).strip():
+                raise UserError('text= is empty: give the input to predict, e.g. text="a gripping, funny film"')
             return [str(self.cfg.text)]
         raise UserError('mode=predict needs text="..." or input=<file with one input per line>')
 
@@ -183,10 +189,11 @@ def read_lines(path: Path) -> list[str]:
 # -- saved models: a run folder is a transformers model folder (config.json, model.safetensors, modeling files) -----
 
 
-def save_weights(model: nn.Module, run_dir: Path) -> None:
-    """Save a suite model as transformers does (loadable by `from_pretrained`); a plain module as safetensors."""
+def save_weights(model: nn.Module, run_dir: Path, state_dict: dict | None = None) -> None:
+    """Save a suite model as transformers does (loadable by `from_pretrained`); a plain module as safetensors.
+    `state_dict`: the weights gathered from every rank (FSDP, ZeRO-3); None: the model's own."""
     if isinstance(model, PreTrainedModel):
-        model.save_pretrained(run_dir)
+        model.save_pretrained(run_dir, state_dict=state_dict)
     else:
         save_model(model, str(run_dir / "model.safetensors"))
 
@@ -233,6 +240,10 @@ def saved_config(run_dir: Path) -> DictConfig:
 
 def load_run(run_dir: Path, cfg: DictConfig | None = None) -> tuple[Task, SuitePreTrainedModel]:
     """The task and trained model of a saved run, ready for inference; `cfg` defaults to the run's saved config."""
+    if (run_dir / "FAILED").is_file():
+        error = (run_dir / "FAILED").read_text().strip()
+        raise UserError(f"{run_dir} holds a run that failed ({error}); resume it with trainer.resume=true or train "
+                        f"it again")
     task = load_task(cfg if cfg is not None else saved_config(run_dir))
     task.load_assets(run_dir)
     return task, task.load_model(run_dir)

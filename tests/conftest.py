@@ -3,8 +3,10 @@
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,26 @@ def run_without_suite(code: str, cwd: Path, timeout: int = 300) -> subprocess.Co
     script = WITHOUT_SUITE.format(root=str(ROOT)) + code
     return subprocess.run([sys.executable, "-I", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def killed_and_resumed(args: list[str], tmp_path: Path, kill_after_step: int) -> tuple[dict, dict]:
+    """Train `args` once whole; train them again, SIGKILL the process a moment after its checkpoint at
+    `kill_after_step` (trainer.save_every must reach it), resume it with trainer.resume=true; both metrics.json."""
+    env = {"OMP_NUM_THREADS": "1"}
+    first = run_suite(*args, f"run_dir={tmp_path / 'whole'}", cwd=tmp_path, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    killed = tmp_path / "killed"
+    job = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"run_dir={killed}"], cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "SUITE_DATA": "", **env},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "checkpoints" / f"step_{kill_after_step:08d}").is_dir():
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere after that checkpoint, between validations
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
+    resumed = run_suite(*args, f"run_dir={killed}", "trainer.resume=true", cwd=tmp_path, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    return tuple(json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", killed))

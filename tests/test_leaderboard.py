@@ -137,7 +137,8 @@ def test_a_store_written_before_versioning_is_migrated_and_stays_readable(tmp_pa
     assert db.execute("PRAGMA user_version").fetchone()[0] == leaderboard.SCHEMA_VERSION
     assert {c[1] for c in db.execute("PRAGMA table_info(runs)")} >= {"steps", "best_step", "commit_id"}
     db.close()
-    leaderboard.connect(db_path).close()  # opening an up-to-date store again changes nothing
+    with leaderboard.store(db_path):  # opening an up-to-date store again changes nothing
+        pass
     assert len(leaderboard.rows(db_path)) == 2
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core import leaderboard, train
-from core.task import Task, UserError, load_task, load_weights, model_config, save_weights
+from core.task import Task, UserError, available_tasks, load_task, load_weights, model_config, save_weights
 from core.train import NonFiniteLoss, TrainerConfig, cpu_has_native_bf16, fit, learning_rate, resolve_precision
 from tests.conftest import ROOT
 
@@ -271,3 +271,18 @@ def test_sam_in_the_loop_runs_two_passes_per_step(tmp_path):
     result = fit(task, t, Accelerator(cpu=True), tmp_path)
     assert task.model.calls == 2 * 16  # training-mode forward passes
     assert result["metrics"]["accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize("task", available_tasks())
+def test_a_model_name_means_one_network_on_every_task(task):
+    """A task's YAML may choose its default variant and set dropout (its recipe), never the network's shape: `model=X`
+    is the same width, depth, heads, FFN, positions and norm placement on every task (issue: one meaning per name)."""
+    from core import api
+    from core.runs import SHAPE
+
+    cfg, choice = api.config(task)
+    alone, _ = api.config("sentiment", f"model={choice}")
+    assert {f: cfg.model[f] for f in SHAPE} == {f: alone.model[f] for f in SHAPE}, (task, choice)
+    other, _ = api.config(task, "model=small")
+    small, _ = api.config("sentiment", "model=small")
+    assert {f: other.model[f] for f in SHAPE} == {f: small.model[f] for f in SHAPE}
