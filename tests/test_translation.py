@@ -1,18 +1,25 @@
-"""Translation and summarisation: metrics as the libraries compute them, learning end to end through run.py,
-prediction order and empty inputs, truncation warnings, and dialogue files."""
+"""Translation and summarisation: metrics as the libraries compute them (one reference or several), learning end to
+end through run.py, prediction order and empty inputs, truncation warnings, dialogue files, and run folders that
+transformers opens alone: from_pretrained, generate() decoding as mode=predict, and a process without the suite."""
 
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import sacrebleu
+import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from rouge_score import rouge_scorer
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from core.task import UserError
-from tests.conftest import ROOT, run_suite
+import core  # noqa: F401  (registers the suite's models with the Auto classes)
+from core.seq2seq import token_lists
+from core.task import UserError, load_run, save_weights
+from tests.conftest import ROOT, killed_and_resumed, run_suite, run_without_suite
 
 EN_DE = {"a": "ein", "man": "mann", "woman": "frau", "dog": "hund", "cat": "katze", "big": "großer",
          "small": "kleiner", "runs": "rennt", "sleeps": "schläft", "sees": "sieht", "the": "den", "ball": "ball"}
@@ -95,6 +102,94 @@ def test_translation_learns_its_pairs_and_scores_them_exactly(translation_run):
     assert (run_dir / "tokenizer.json").is_file() and (run_dir / "model.safetensors").is_file()
 
 
+def test_run_folder_loads_with_auto_model_to_the_same_outputs(translation_run):
+    """AutoModelForSeq2SeqLM.from_pretrained(run_dir) after `import core` is the model mode=predict loads: the same
+    logits, and generate() with the saved generation_config.json translates the training pairs as mode=predict."""
+    _, run_dir, _ = translation_run
+    task, model = load_run(run_dir)
+    auto = AutoModelForSeq2SeqLM.from_pretrained(run_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    sources = [s for s, _ in TRAIN_PAIRS]
+    assert tokenizer(sources, truncation=True)["input_ids"] == task.text.encode_sources(sources)[0]  # text, EOS
+    enc = tokenizer(sources, padding=True, truncation=True, return_tensors="pt")
+    targets = tokenizer([t for _, t in TRAIN_PAIRS], padding=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = auto(**enc, decoder_input_ids=targets).logits
+        assert torch.equal(logits, model(**enc, decoder_input_ids=targets).logits)
+    saved = json.loads((run_dir / "generation_config.json").read_text())
+    assert {k: saved[k] for k in ("num_beams", "length_penalty", "max_len_a", "max_len_b", "max_new_tokens")} == \
+        {"num_beams": 4, "length_penalty": 0.6, "max_len_a": 1.5, "max_len_b": 10, "max_new_tokens": 96}
+    texts = tokenizer.batch_decode(auto.generate(**enc), skip_special_tokens=True)
+    assert texts == [t for _, t in TRAIN_PAIRS] == task.predict(model, sources)
+
+
+def test_run_folder_loads_where_the_suite_is_not_installed(translation_run, tmp_path):
+    """A copied run folder, in a process that cannot import the suite: AutoTokenizer and AutoModelForSeq2SeqLM with
+    trust_remote_code=True load it alone; the same logits as here, and generate() translates as mode=predict."""
+    _, run_dir, _ = translation_run
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in run_dir.iterdir():
+        if path.is_file():
+            shutil.copy(path, folder)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    enc = tokenizer([s for s, _ in TRAIN_PAIRS], padding=True, return_tensors="pt")
+    targets = tokenizer([t for _, t in TRAIN_PAIRS], padding=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = AutoModelForSeq2SeqLM.from_pretrained(run_dir).eval()(**enc, decoder_input_ids=targets).logits
+    torch.save({"enc": dict(enc), "targets": targets, "logits": logits}, tmp_path / "io.pt")
+    out = run_without_suite(
+        "import json, torch\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n"
+        "io = torch.load('io.pt')\n"
+        "model = AutoModelForSeq2SeqLM.from_pretrained('model', trust_remote_code=True).eval()\n"
+        "assert type(model).__module__.startswith('transformers_modules'), type(model).__module__\n"
+        "with torch.no_grad():\n"
+        "    logits = model(**io['enc'], decoder_input_ids=io['targets']).logits\n"
+        "assert torch.equal(logits, io['logits']), (logits - io['logits']).abs().max()\n"
+        "tokenizer = AutoTokenizer.from_pretrained('model', trust_remote_code=True)\n"
+        "print('outputs', json.dumps(tokenizer.batch_decode(model.generate(**io['enc']), skip_special_tokens=True)))\n",
+        cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.split("outputs ")[-1]) == [t for _, t in TRAIN_PAIRS]
+
+
+def untrained_run(tmp_path: Path, name: str, *overrides: str) -> Path:
+    """A run folder as run.py saves one (config.yaml, tokenizer, config.json, weights, generation_config.json) of
+    an untrained tiny model: it rambles, so decoding runs into its length limits."""
+    task = compose_task(name, *overrides)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    task.prepare(run_dir, is_main=True)
+    torch.manual_seed(0)
+    save_weights(task.build_model().eval(), run_dir)
+    OmegaConf.save(task.cfg, run_dir / "config.yaml", resolve=True)
+    return run_dir
+
+
+def test_generate_without_arguments_decodes_as_mode_predict(tmp_path):
+    """generate(**tokenizer(texts)) with the run's generation_config.json alone gives mode=predict's outputs: beam 4,
+    length penalty 0.6, the source-relative cap 1.5 * source tokens + 10 binding (an untrained model never ends)."""
+    root = write_multi30k(tmp_path / "data", n_train=24)
+    run_dir = untrained_run(tmp_path, "translation", f"data.root={root}", "task.vocab_size=120")
+    sources = [s for s, _ in TRAIN_PAIRS]
+    inputs = tmp_path / "in.en"
+    inputs.write_text("\n".join(sources) + "\n")
+    out = run_suite("mode=predict", f"run_dir={run_dir}", f"input={inputs}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    predicted = out.stdout.split("\n")[: len(sources)]
+    model = AutoModelForSeq2SeqLM.from_pretrained(run_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    order = sorted(range(len(sources)), key=lambda i: -len(tokenizer(sources[i])["input_ids"]))  # predict's batch
+    enc = tokenizer([sources[i] for i in order], padding=True, truncation=True, return_tensors="pt")
+    generated = model.generate(**enc)
+    texts = [" ".join(t.split()) for t in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+    assert [predicted[i] for i in order] == texts
+    lengths = [len(x) for x in token_lists(generated, tokenizer.eos_token_id, tokenizer.pad_token_id)]
+    caps = (1.5 * enc["attention_mask"].sum(1) + 10).long().tolist()  # all well under max_new_tokens=96
+    assert all(n <= cap for n, cap in zip(lengths, caps)) and sum(n == cap for n, cap in zip(lengths, caps)) >= 3
+    assert model.generation_config.num_beams == 4 and max(caps) < 96
+
+
 def test_predict_keeps_order_and_gives_empty_lines_for_empty_inputs(translation_run, tmp_path):
     work, run_dir, _ = translation_run
     inputs = tmp_path / "in.en"
@@ -132,13 +227,14 @@ def test_batches_are_grouped_by_length(tmp_path):
                                                        for i, s in enumerate(rows)))
     task = compose_task("translation", f"data.root={root}", "trainer.batch_size=16")
     task.prepare(tmp_path / "run", is_main=True)
+
     def padding_ratio(batches) -> float:
-        pads = sum((b["input_ids"] == task.tokenizer.pad_token_id).sum().item() for b in batches)
+        pads = sum((b["input_ids"] == task.text.tokenizer.pad_token_id).sum().item() for b in batches)
         return pads / sum(b["attention_mask"].sum().item() for b in batches)
 
     grouped = padding_ratio(task.dataloader("train", train=True))
-    rows = list(task.data["train"])
-    shuffled = [task.collate(rows[i : i + 16]) for i in range(0, len(rows), 16)]  # the file order is random
+    rows = list(task.text.data["train"])
+    shuffled = [task.text.collate(rows[i : i + 16]) for i in range(0, len(rows), 16)]  # the file order is random
     assert grouped < 0.5 * padding_ratio(shuffled)
 
 
@@ -171,7 +267,48 @@ def test_generation_lengths_are_validated():
     with pytest.raises(UserError, match="task.generation"):
         compose_task("translation", "task.generation.num_beams=four")
     task = compose_task("summarization")
-    assert task.generation.max_new_tokens == 80 and task.generation.no_repeat_ngram_size == 3
+    assert task.config.generation.max_new_tokens == 80 and task.config.generation.no_repeat_ngram_size == 3
+
+
+def test_several_references_are_scored_against_all_of_them():
+    hyps = ["ein mann rennt .", "zwei hunde spielen"]
+    refs = [["ein mann läuft.", "ein mann rennt ."], "zwei hunde spielen im schnee"]  # a list, or one text
+    metrics = compose_task("translation").compute_metrics(list(zip(hyps, refs)))
+    streams = [["ein mann läuft.", "zwei hunde spielen im schnee"], ["ein mann rennt .", None]]
+    assert metrics["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score)
+    assert metrics["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, streams).score)
+    assert metrics["bleu"] > compose_task("translation").compute_metrics([(hyps[0], refs[0][0]), (hyps[1], refs[1])])[
+        "bleu"]
+    rouge = compose_task("summarization").compute_metrics([("Anna brings cookies.", ["Ben buys tea.",
+                                                                                      "Anna brings cookies."])])
+    assert rouge["rouge1"] == pytest.approx(100.0)  # the best of the references
+
+
+def test_a_split_with_extra_columns_and_several_references_loads_and_scores_all(tmp_path):
+    """Bring-your-own data: the test split carries a column the others lack (several reference summaries), and a
+    target that is a list; both load, and every reference is kept for scoring."""
+    root = write_samsum(tmp_path / "data")
+    test = tmp_path / "data" / "samsum" / "test.jsonl"
+    rows = [json.loads(line) for line in test.read_text().splitlines()]
+    rows[0]["more_summaries"] = ["first of two.", "second of two."]
+    rows[0]["annotator"] = "x"
+    for row in rows[1:]:
+        row["more_summaries"], row["annotator"] = [], "y"
+    rows[1]["summary"] = [rows[1]["summary"], "another summary."]
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = compose_task("summarization", f"data.root={root}", "task.vocab_size=100",
+                        "data.columns.references=more_summaries")
+    task.prepare(tmp_path / "run", is_main=True)
+    refs = task.text.data["test"]["reference"]
+    assert refs[0] == ["first of two.", "second of two."] and refs[1] == [rows[1]["summary"][0], "another summary."]
+    assert refs[2] == [rows[2]["summary"]]  # no extra references: its summary
+    assert task.text.data["test"]["labels"][1][:-1] == task.text.tokenizer(rows[1]["summary"][0],
+                                                                         add_special_tokens=False)["input_ids"]
+    batch = next(iter(task.dataloader("test", train=False)))
+    assert isinstance(batch["reference"][0], list)
+    plain = compose_task("summarization", f"data.root={root}", "task.vocab_size=100")  # references not named
+    plain.prepare(tmp_path / "plain", is_main=True)
+    assert plain.text.data["test"]["reference"][0] == [rows[0]["summary"]]
 
 
 def test_two_processes_score_every_test_pair_exactly_once(tmp_path):
@@ -195,3 +332,16 @@ def test_two_processes_score_every_test_pair_exactly_once(tmp_path):
     refs = [t for _, t in test]
     bleu, chrf = sacrebleu.corpus_bleu(hyps, [refs]).score, sacrebleu.corpus_chrf(hyps, [refs]).score
     assert line == f"test bleu {bleu:.4f}  chrf {chrf:.4f}"
+
+
+def test_a_killed_translation_run_resumes_to_the_same_weights(tmp_path):
+    """Issue 18 for a seq2seq task: its length-grouped batch order is drawn from (seed, epoch), so a run killed with
+    SIGKILL mid-epoch and resumed ends with the uninterrupted run's weights and test scores."""
+    root = write_multi30k(tmp_path / "data")
+    whole, again = killed_and_resumed(
+        ["task=translation", "model=tiny", "model.dropout=0.1", f"data.root={root}", "trainer.batch_size=8",
+         "trainer.max_steps=36", "trainer.eval_every=18", "trainer.save_every=6", "trainer.max_minutes=0",
+         "trainer.log_every=1", "task.generation.max_new_tokens=12", "task.generation.num_beams=2"],
+        tmp_path, kill_after_step=24)
+    assert again["param_checksums"] == whole["param_checksums"] and again["metrics"] == whole["metrics"]
+    assert again["steps"] == whole["steps"] == 36
