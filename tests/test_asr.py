@@ -1,8 +1,10 @@
-"""Speech recognition: the feature pipeline, CTC decoding and learning, bad audio, and run.py end to end on an
-audiofolder of synthesised "speech" (each letter a tone of its own pitch) written here."""
+"""Speech recognition: the feature pipeline, CTC decoding and learning, bad audio, the relative hold-out, run.py end to
+end on an audiofolder of synthesised "speech" (each letter a tone of its own pitch) written here, and the run folder
+as a transformers model (Auto classes, the suite-less load, the ASR pipeline)."""
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,17 @@ import torch
 from hydra import compose, initialize_config_dir
 from scipy.io import wavfile
 
-from core.transformer import TransformerConfig
-from tasks.asr import ConvSubsampling, CTCRecognizer, Features, Task, greedy_decode, join
-from tests.conftest import ROOT, run_suite
+from core.audio import FeatureConfig, feature_extractor, hold_out, read_audio
+from core.heads import SuiteForCTC
+from core.modeling import SuiteConfig
+from core.stems import AudioStem
+from core.task import UserError, load_run
+from tasks.asr import Task, join
+from tests.conftest import ROOT, run_suite, run_without_suite
 
 WORDS = ["one", "two", "six", "ten", "nine"]
 LETTERS = "einostwx"
-FEATURES = {"sample_rate": 8000, "n_mels": 40, "win_ms": 25, "hop_ms": 10}
+FEATURES = FeatureConfig(sample_rate=8000, n_mels=40, win_ms=25, hop_ms=10)
 
 
 def tone_word(word: str, rate: int, speaker: int = 0, seed: int = 0) -> np.ndarray:
@@ -77,83 +83,80 @@ def test_features_are_deterministic_without_augmentation(audio_root, tmp_path):
         a, b = first.sets[split], second.sets[split]
         assert len(a) == len(b) > 0
         for i in range(len(a)):
-            assert torch.equal(a[i]["features"], b[i]["features"]) and torch.equal(a[i]["targets"], b[i]["targets"])
+            assert torch.equal(a[i]["input_features"], b[i]["input_features"])
+            assert torch.equal(a[i]["labels"], b[i]["labels"])
     wave = torch.from_numpy(tone_word("six", 8000))
-    assert torch.equal(first.feats(wave), first.feats(wave))
+    assert torch.equal(first.extractor.features(wave), first.extractor.features(wave))
     train = first.sets["train"]  # SpecAugment masks training features only
     row = train[0]
     clip = first.clips["train"][train.plan[0][0][0]]
-    plain = first.feats(join([clip.wave], [], 0.1, 8000))
-    assert row["features"].shape == plain.shape and not torch.equal(row["features"], plain)
-    assert (row["features"] == 0).sum() > (plain == 0).sum()  # masked cells are set to the (normalised) mean
-    texts = [first.decode_ids(first.sets["test"][i]["targets"].tolist()) for i in range(len(first.sets["test"]))]
+    plain = first.extractor.features(join([clip.wave], [], 8000))
+    assert row["input_features"].shape == plain.shape and not torch.equal(row["input_features"], plain)
+    assert (row["input_features"] == 0).sum() > (plain == 0).sum()  # masked cells are set to the (normalised) mean
+    texts = [first.tokenizer.decode(first.sets["test"][i]["labels"].tolist(), group_tokens=False)
+             for i in range(len(first.sets["test"]))]
     assert sum(" " in t for t in texts) == 3 and all(t.replace(" ", "") for t in texts)  # 3 connected strings
 
 
-def test_greedy_ctc_decoding_on_hand_made_logits():
+def test_greedy_ctc_decoding_on_hand_made_logits(audio_root, tmp_path):
+    task = asr_task(f"data.root={audio_root}", "data.dir=digits", "task.val_size=6")
+    task.prepare(tmp_path, is_main=True)
+    blank, a, b, c = (task.tokenizer.convert_tokens_to_ids(t) for t in ("<pad>", "o", "n", "e"))
+    assert blank == task.tokenizer.pad_token_id == 0
     # frames: blank a a blank a b b blank | c (a padded frame beyond the length must be ignored)
-    path = [0, 1, 1, 0, 1, 2, 2, 0, 3]
-    logits = torch.full((1, len(path), 4), -5.0)
+    path = [blank, a, a, blank, a, b, b, blank, c]
+    logits = torch.full((1, len(path), len(task.tokenizer)), -5.0)
     logits[0, torch.arange(len(path)), torch.tensor(path)] = 5.0
-    assert greedy_decode(logits.log_softmax(-1), torch.tensor([8])) == [[1, 1, 2]]
-    assert greedy_decode(logits.log_softmax(-1), torch.tensor([9])) == [[1, 1, 2, 3]]
-    assert greedy_decode(torch.zeros(2, 3, 4).log_softmax(-1), torch.tensor([3, 0])) == [[], []]  # ties: blank
+    assert task.transcripts(logits, torch.tensor([8])) == ["oon"]
+    assert task.transcripts(logits, torch.tensor([9])) == ["oone"]
+    assert task.transcripts(torch.zeros(2, 3, len(task.tokenizer)), torch.tensor([3, 0])) == ["", ""]  # ties: blank
 
 
 def test_16_and_8_khz_files_give_the_same_frame_rate(tmp_path):
-    from tasks.asr import read_audio
-
-    feats = Features(yaml_node(FEATURES))
+    feats = feature_extractor(FEATURES)
     wide = read_audio(str(write_wav(tmp_path / "16k.wav", tone_word("nine", 16000), 16000)), 8000)
     narrow = read_audio(str(write_wav(tmp_path / "8k.wav", tone_word("nine", 8000), 8000)), 8000)
     assert abs(len(wide) - len(narrow)) <= 1
-    a, b = feats(wide), feats(narrow)
+    a, b = feats.features(wide), feats.features(narrow)
     assert a.shape == b.shape and a.shape[1] == 40
     assert a.shape[0] == pytest.approx(len(narrow) / 80, abs=1.5)  # 100 frames a second at any input rate
     assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.85  # and the same content
+    # the extractor's own resampling (the pipelines' input) gives the same frames as the suite's file reading
+    both = feats([tone_word("nine", 16000), tone_word("six", 8000)[::2]], sampling_rate=16000, return_tensors="pt")
+    assert both["input_features"].shape[:2] == both["attention_mask"].shape and both["attention_mask"][0].all()
+    assert both["attention_mask"][1].sum() < both["attention_mask"][0].sum()  # the shorter one is padded
 
 
 def test_short_clips_are_padded_to_the_stem_receptive_field():
-    feats = Features(yaml_node(FEATURES))
-    frames = feats(torch.rand(20) - 0.5)  # 2.5 ms of audio
-    assert len(frames) >= ConvSubsampling.receptive_field
-    assert ConvSubsampling.lengths(torch.tensor(len(frames))) >= 1
+    feats = feature_extractor(FEATURES)
+    frames = feats.features(torch.rand(20) - 0.5)  # 2.5 ms of audio
+    assert len(frames) >= AudioStem.receptive_field
+    stem = AudioStem(SuiteConfig(stem="audio", d_model=16, n_mels=40, stem_channels=4))
+    assert stem.lengths(torch.tensor(len(frames))) >= 1
 
 
-def test_tiny_model_overfits_three_utterances(one_thread):
+def test_tiny_model_overfits_three_utterances(one_thread, audio_root, tmp_path):
     torch.manual_seed(0)
-    feats = Features(yaml_node(FEATURES))
-    vocab = ["<blank>", "?", " ", *sorted(set("onetwosixnine"))]
+    task = asr_task(f"data.root={audio_root}", "data.dir=digits", "task.val_size=6")
+    task.prepare(tmp_path, is_main=True)
     texts = ["one two", "six", "nine one"]
-    waves = [join([torch.from_numpy(tone_word(w, 8000, seed=i)) for w in t.split()], [0.1], 0.1, 8000)
+    waves = [join([torch.from_numpy(tone_word(w, 8000, seed=i)) for w in t.split()], [0.1], 8000)
              for i, t in enumerate(texts)]
-    feats.fit(waves)
-    x = [feats(w) for w in waves]
-    batch = {"features": torch.nn.utils.rnn.pad_sequence(x, batch_first=True),
-             "feature_lengths": torch.tensor([len(f) for f in x]),
-             "targets": torch.nn.utils.rnn.pad_sequence([torch.tensor([vocab.index(c) for c in t]) for t in texts],
-                                                        batch_first=True),
-             "target_lengths": torch.tensor([len(t) for t in texts])}
-    cfg = TransformerConfig(d_model=64, n_heads=2, d_ff=128, n_layers=2, dropout=0.0)
-    model = CTCRecognizer(cfg, 40, 8, len(vocab))
+    batch = task.extractor(waves, return_tensors="pt")
+    labels = [torch.tensor(task.tokenizer(t).input_ids) for t in texts]
+    batch["labels"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)
+    model = SuiteForCTC(SuiteConfig(d_model=64, n_heads=2, d_ff=128, n_layers=2, dropout=0.0, stem="audio",
+                                    n_mels=40, stem_channels=8, vocab_size=len(task.tokenizer), pad_token_id=0))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = model(**batch)["loss"].item()
+    first = model(**batch).loss.item()
     for _ in range(150):
-        loss = model(**batch)["loss"]
+        loss = model(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
     model.eval()
-    out = model(features=batch["features"], feature_lengths=batch["feature_lengths"])
-    hyps = ["".join(vocab[i] for i in ids) for ids in greedy_decode(out["log_probs"], out["lengths"])]
+    hyps = task.transcripts(model(**batch).logits, model.output_lengths(batch["attention_mask"]))
     assert hyps == texts, (hyps, first, loss.item())  # CER 0
-
-
-
-def yaml_node(d: dict):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create(d)
 
 
 def test_bad_audio_is_skipped_and_unknown_characters_reported(audio_root, tmp_path, caplog):
@@ -164,20 +167,48 @@ def test_bad_audio_is_skipped_and_unknown_characters_reported(audio_root, tmp_pa
     assert sum(len(c) for c in task.clips.values()) == len(WORDS) * 8  # every good file kept, the bad two skipped
     # the test transcript "SIX" (kept in capitals here) has letters no training transcript has: scored as unknown
     assert "test transcripts hold characters outside the training vocabulary (ISX)" in caplog.text
-    assert task.encode("oNe") == [task.vocab.index("o"), 1, task.vocab.index("e")]
-    assert task.sets["test"][[c.text for c in task.clips["test"]].index("SIX")]["targets"].tolist() == [1, 1, 1]
+    vocab = task.tokenizer.get_vocab()
+    assert task.tokenizer("oNe").input_ids == [vocab["o"], 1, vocab["e"]] and task.tokenizer.unk_token_id == 1
+    texts = [c.fields["text"] for c in task.clips["test"]]
+    assert task.sets["test"][texts.index("SIX")]["labels"].tolist() == [1, 1, 1]
 
 
-def test_train_and_predict_through_run_py(audio_root, tmp_path):
+def test_the_validation_hold_out_is_relative_to_the_data(tmp_path):
+    write_audiofolder(tmp_path, per_word=12)  # 60 recordings, 50 for training: 300 of them cannot be held out,
+    task = asr_task(f"data.root={tmp_path}", "data.dir=digits")  # a fifth of them can (the defaults)
+    task.prepare(tmp_path, is_main=True)
+    assert len(task.clips["validation"]) == 10 and len(task.clips["train"]) == 40
+    assert len(task.sets["validation"]) == 10 + 200  # every held-out word, and the connected strings made of them
+    clips = {"train": list(range(4))}  # 4 training recordings: a fifth of them is none
+    with pytest.raises(UserError, match="too few to hold out"):
+        hold_out(clips, 300, 0.2)
+    clips = {"train": list(range(100)), "validation": [0]}  # a validation split of its own is kept as it is
+    assert hold_out(clips, 300, 0.2) == clips
+    split = hold_out({"train": list(range(100)), "test": [0]}, 300, 0.2)  # a count capped by a fraction
+    assert list(split) == ["train", "validation", "test"] and len(split["validation"]) == 20
+    assert sorted(split["train"] + split["validation"]) == list(range(100))
+    with pytest.raises(UserError, match="task.val_max_fraction=1.5"):
+        asr_task("task.val_max_fraction=1.5")
+
+
+@pytest.fixture(scope="module")
+def trained_run(audio_root, tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny ASR model trained through run.py on the tone words: (its run folder, the working folder)."""
+    cwd = tmp_path_factory.mktemp("asr_run")
     args = ["task=asr", "model=tiny", "model.d_model=64", "model.d_ff=128", "model.dropout=0", "task.stem_channels=8",
             f"data.root={audio_root}", "data.dir=digits", "task.val_size=6", "task.connected.train=32",
             "task.connected.validation=4", "task.connected.test=6", "trainer.batch_size=8", "trainer.lr=3e-3",
-            "trainer.warmup_steps=20", "trainer.max_minutes=0", "trainer.max_steps=150", "trainer.eval_every=150",
+            "trainer.warmup_steps=20", "trainer.max_minutes=0", "trainer.max_steps=200", "trainer.eval_every=200",
             "trainer.log_every=20", "task.augment.n_freq_masks=0", "task.augment.n_time_masks=0"]  # masks erase tones
-    out = run_suite(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    out = run_suite(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "skipped unreadable audio" in out.stdout + out.stderr and "corrupt.wav" in out.stdout + out.stderr
-    (run_dir,) = (tmp_path / "outputs" / "runs").glob("*")
+    (run_dir,) = (cwd / "outputs" / "runs").glob("*")
+    return run_dir, cwd
+
+
+def test_train_and_predict_through_run_py(trained_run, audio_root):
+    run_dir, tmp_path = trained_run
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert set(metrics) == {"wer", "cer", "word_wer", "word_cer"}
     assert metrics["word_wer"] <= 0.2 and metrics["cer"] <= 0.3, metrics  # letters are distinct tones: quickly learnt
@@ -200,3 +231,54 @@ def test_train_and_predict_through_run_py(audio_root, tmp_path):
                     "corrupt.wav", cwd=tmp_path)
     assert out.returncode == 2 and "none of the audio files could be read" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_run_folder_is_a_transformers_ctc_model(trained_run):
+    from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer, Wav2Vec2CTCTokenizer
+
+    run_dir, tmp_path = trained_run
+    task, model = load_run(run_dir)
+    wave = tone_word("six", 8000, seed=5)
+    enc = task.extractor([wave, tone_word("one", 8000)], return_tensors="pt")
+    auto = AutoModelForCTC.from_pretrained(run_dir).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(run_dir, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    assert isinstance(auto, SuiteForCTC) and isinstance(tokenizer, Wav2Vec2CTCTokenizer)
+    enc_auto = extractor([wave, tone_word("one", 8000)], sampling_rate=8000, return_tensors="pt")
+    assert torch.equal(enc["input_features"], enc_auto["input_features"])  # the training statistics travelled
+    with torch.no_grad():
+        a, b = model(**enc).logits, auto(**enc_auto).logits
+    assert torch.equal(a, b)
+    lengths = auto.output_lengths(enc_auto["attention_mask"])
+    ids = b.argmax(-1)
+    assert [tokenizer.decode(i[:n]) for i, n in zip(ids.tolist(), lengths.tolist())] == task.transcripts(a, lengths)
+
+
+def test_run_folder_loads_without_the_suite_and_feeds_the_asr_pipeline(trained_run):
+    run_dir, tmp_path = trained_run
+    copy = tmp_path / "copied_run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    task, model = load_run(run_dir)
+    wave = tone_word("six", 16000, seed=5)
+    np.save(tmp_path / "wave.npy", wave)
+    with torch.no_grad():
+        enc = task.extractor(wave, sampling_rate=16000, return_tensors="pt")
+        np.save(tmp_path / "logits.npy", model(**enc).logits.numpy())
+    code = f"""
+import json, numpy as np, torch
+from transformers import AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer, pipeline
+wave, expected = np.load("wave.npy"), np.load("logits.npy")
+model = AutoModelForCTC.from_pretrained({str(copy)!r}, trust_remote_code=True).eval()
+extractor = AutoFeatureExtractor.from_pretrained({str(copy)!r}, trust_remote_code=True)
+enc = extractor(wave, sampling_rate=16000, return_tensors="pt")
+with torch.no_grad():
+    logits = model(**enc).logits.numpy()
+assert np.allclose(logits, expected, atol=1e-5), np.abs(logits - expected).max()
+text = AutoTokenizer.from_pretrained({str(copy)!r}, trust_remote_code=True).decode(logits[0].argmax(-1))
+asr = pipeline("automatic-speech-recognition", model={str(copy)!r}, trust_remote_code=True)
+print(json.dumps({{"tokenizer": text, "pipeline": asr({{"raw": wave, "sampling_rate": 16000}})["text"]}}))
+"""
+    out = run_without_suite(code, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    printed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert printed == {"tokenizer": "six", "pipeline": "six"}, out.stdout  # what mode=predict prints for this clip
