@@ -17,6 +17,19 @@ def run(*args: str) -> str:
     return out.stdout
 
 
+def cpu_flags() -> str:
+    """The CPU and the flags that decide its speed (bf16 matmuls need avx512_bf16 or amx): compare only figures taken
+    side by side on the same machine."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "cpu: unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"cpu: {model}, {len(info.split('processor')) - 1} cores, flags {' '.join(shown) or 'none of avx2/avx512'}"
+
+
 def saved_run(stdout: str) -> Path:
     """The run folder a training run printed (`run saved in <dir> (leaderboard: ...)`)."""
     return Path(stdout.split("run saved in ")[-1].split(" (")[0])

@@ -62,6 +62,7 @@ class Task(base.Task):
     metric = "mse"
     greater_is_better = False
     head = SuiteForForecasting
+    pipeline_tag = "time-series-forecasting"
     Config = Config
     input_keys = ("csv",)
 

@@ -26,7 +26,7 @@ from core import task as base
 from core.attention_plots import last_layer, token_heatmap
 from core.data import load_splits
 from core.tagging import DECODERS, SuiteForTokenClassification
-from core.text import TokenDropout, train_tokenizer
+from core.text import TokenDropout, checkpoint_tokenizer, train_tokenizer
 from core.transformer import record_attention
 from core.words import Collate, decode, stitch, to_iob2, word_windows
 
@@ -84,7 +84,11 @@ class Task(base.Task):
         types = sorted({t[2:] for row in tags["train"] for t in row if t != "O"})  # the same on every rank
         self.labels = ["O"] + [f"{p}-{t}" for t in types for p in "BI"]
         self.chars = {c: i + 2 for i, c in enumerate(sorted({c for s in ds["train"]["tokens"] for w in s for c in w}))}
-        if is_main:  # case kept: capitalisation is the strongest cue for names
+        if is_main and self.checkpoint is not None:  # model.pretrained: its own vocabulary (the char-CNN keeps case)
+            max_len = min(self.config.max_len, self.checkpoint.fields["max_len"])
+            self.tokenizer = checkpoint_tokenizer(self.checkpoint.folder, max_len)
+            self.tokenizer.save_pretrained(run_dir)
+        elif is_main:  # case kept: capitalisation is the strongest cue for names
             self.tokenizer = train_tokenizer((" ".join(s) for s in ds["train"]["tokens"]), self.config.vocab_size,
                                              "wordpiece", lowercase=False)
             self.tokenizer.model_max_length = self.config.max_len

@@ -70,6 +70,7 @@ class Task(base.Task):
 
     metric = "accuracy"
     head = SuiteForSequenceClassification
+    pipeline_tag = "text-classification"
     Config = Config
 
     def __init__(self, cfg):
@@ -85,7 +86,8 @@ class Task(base.Task):
         tc = self.config
         self.labels = class_names(ds["train"]["label"], ds["train"].features["label"], tc.label_names)
         if is_main and self.checkpoint is not None:  # model.pretrained: its own vocabulary
-            self.tokenizer = checkpoint_tokenizer(self.checkpoint.folder, min(tc.max_len, self.checkpoint.fields["max_len"]))
+            max_len = min(tc.max_len, self.checkpoint.fields["max_len"])
+            self.tokenizer = checkpoint_tokenizer(self.checkpoint.folder, max_len)
             self.tokenizer.save_pretrained(run_dir)
         elif is_main:
             self.tokenizer = train_tokenizer(ds["train"]["text"], tc.vocab_size, tc.tokenizer, tc.lowercase)
