@@ -10,27 +10,17 @@ single-word test WER 0.0000 (300/300); validation connected WER 0.9911 at 3.4 mi
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
-from quality import run, saved_run
+from quality import summary, trained
 
 TARGETS = {"word_wer": 0.05, "wer": 0.10}
 
 
 def main() -> None:
-    if not os.environ.get("SUITE_DATA"):
-        sys.exit("set SUITE_DATA to the folder holding fsdd/metadata.csv")
-    args = ["task=asr", *sys.argv[1:]]
-    run_dir = saved_run(run(*args))
-    saved = json.loads((run_dir / "metrics.json").read_text())
-    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    run_dir, saved, history = trained("task=asr", *sys.argv[1:], needs="fsdd/metadata.csv")
     m = saved["metrics"]
-    print(f"run {run_dir}")
-    print(f"parameters {saved['params']:,}; {saved['steps']} steps ({history[-1]['epoch']} full epochs) in "
-          f"{saved['train_seconds'] / 60:.1f} min; {saved['samples_per_second']:.1f} utterances/s in train steps; "
-          f"{saved['device']}; best step {saved['best_step']}")
+    print(summary(run_dir, saved, history, "utterances"))
     print("validation curve (step, minutes: connected WER / CER, single-word WER / CER):")
     for h in history:
         print(f"  {h['step']:5d} {h['elapsed'] / 60:5.1f}  {h['val/wer']:.4f} / {h['val/cer']:.4f}   "

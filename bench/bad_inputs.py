@@ -69,6 +69,7 @@ def cases(finished: str, forecast: str) -> list[Case]:
     c += [t("model=nosuch", "model=nosuch"), t("task=nosuch", "task=nosuch"),
           t("model.pretrained=<missing folder>", "model.pretrained=/nonexistent/checkpoint"),
           Case("model.pretrained=<folder without a checkpoint>", [*BASE, "model.pretrained=."], "empty_folder"),
+          Case("model.pretrained on a task that cannot take it", [*FORECAST, f"model.pretrained={FINISHED}"]),
           t("task.vocab_size=0", "task.vocab_size=0"), t("task.pooling=max", "task.pooling=max"),
           t("task.tokenizer=sentencepiece", "task.tokenizer=sentencepiece"), t("task.label_smoothing=2",
                                                                              "task.label_smoothing=2"),

@@ -1,5 +1,8 @@
-"""What the quality benchmarks share: run `python run.py ...` as a user would, and find the run it saved."""
+"""What the quality benchmarks share: run `python run.py ...` as a user would, find the run it saved, and print its
+summary."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +36,23 @@ def cpu_flags() -> str:
 def saved_run(stdout: str) -> Path:
     """The run folder a training run printed (`run saved in <dir> (leaderboard: ...)`)."""
     return Path(stdout.split("run saved in ")[-1].split(" (")[0])
+
+
+def trained(*args: str, needs: str | None = None) -> tuple[Path, dict, list[dict]]:
+    """Train `python run.py ARGS`: its run folder, its metrics.json and its validation curve (history.jsonl).
+    `needs`: the data file SUITE_DATA must hold (the benchmark exits with a hint when SUITE_DATA is unset)."""
+    if needs and not os.environ.get("SUITE_DATA"):
+        sys.exit(f"set SUITE_DATA to the folder holding {needs} (e.g. ../shared/data)")
+    run_dir = saved_run(run(*args))
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    print(cpu_flags())
+    return run_dir, saved, history
+
+
+def summary(run_dir: Path, saved: dict, history: list[dict], unit: str) -> str:
+    """Where the run is, its size, steps, minutes and speed."""
+    return (f"run {run_dir}\nparameters {saved['params']:,}; {saved['steps']} steps ({history[-1]['epoch']} full "
+            f"epochs) in {saved['train_seconds'] / 60:.1f} min; {saved['samples_per_second']:.1f} {unit}/s in train "
+            f"steps; {saved['device']}; best step {saved['best_step']}")
+

@@ -11,33 +11,38 @@ against the matmul peak measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from speedtest import interleaved_rates, matmul_peak  # noqa: E402
+from speedtest import compare, speed_args  # noqa: E402
 
+from core.heads import SuiteForSequenceClassification  # noqa: E402
+from core.modeling import SuiteConfig  # noqa: E402
+from core.task import model_config  # noqa: E402
 from core.transformer import TransformerConfig  # noqa: E402
-from tasks.sentiment import SequenceClassifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 B, T, V = 32, 128, 8000
 
 
-def suite_config() -> tuple[TransformerConfig, dict]:
-    """What `python run.py task=sentiment` builds: conf/model/small.yaml with the task's model overrides."""
-    task_yaml = OmegaConf.load(ROOT / "conf/task/sentiment.yaml")
-    model_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/small.yaml"), task_yaml.get("model", {}))
-    return TransformerConfig(**model_cfg), task_yaml.task
+def suite_config() -> tuple[TransformerConfig, DictConfig]:
+    """What `python run.py task=sentiment` builds: its default variant (conf/model/small.yaml) and task settings."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["task=sentiment"])
+    return model_config(cfg), cfg.task
 
 
 def suite_model() -> torch.nn.Module:
+    """The sentiment task's model (its stem, the shared core, the classification head) for V tokens and 2 classes."""
     model_cfg, task_cfg = suite_config()
-    return SequenceClassifier(model_cfg, V, 2, 0, task_cfg.pooling, task_cfg.label_smoothing)
+    return SuiteForSequenceClassification(SuiteConfig(
+        **model_cfg.core(), stem="text", vocab_size=V, pad_token_id=0, pooling=task_cfg.pooling,
+        label_smoothing=task_cfg.label_smoothing, id2label={0: "negative", 1: "positive"}))
 
 
 def bert_model() -> torch.nn.Module:
@@ -76,28 +81,16 @@ def train_flops(model_cfg: TransformerConfig) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = speed_args(__doc__.split("\n")[0], steps=12)
     models = {"suite": suite_model(), "bert": bert_model()}
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     print(f"torch {torch.__version__}, {args.threads} threads; batch {B} x seq {T}")
     print(f"parameters: suite {params['suite']:,}  bert {params['bert']:,}  "
           f"(difference {abs(params['suite'] / params['bert'] - 1):.1%})")
     flops = train_flops(suite_config()[0])
-    for precision, bf16 in (("float32", False), ("bf16 autocast", True)):
-        peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
-        steps = {k: make_step(m, k, bf16) for k, m in models.items()}
-        rate, ms = interleaved_rates(steps, args.steps, B)
-        mfu = {k: flops * rate[k] / B / 1e9 / peak for k in rate}
-        print(f"\n{precision}: matmul peak {peak:.0f} GFLOP/s")
-        for k in steps:
-            print(f"  {k:5s} {rate[k]:7.1f} samples/s  ({ms[k]:.0f} ms/step, "
-                  f"MFU {mfu[k]:.0%})")
-        print(f"  speed-up suite / bert: {rate['suite'] / rate['bert']:.2f}x")
+    rates = compare(models, make_step, flops, args.steps, B, "samples")
+    for precision, rate in rates.items():
+        print(f"{precision}: speed-up suite / bert {rate['suite'] / rate['bert']:.2f}x")
 
 
 if __name__ == "__main__":

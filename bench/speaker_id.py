@@ -11,14 +11,13 @@ accuracy and the validation curve.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torchaudio
-from quality import ROOT, cpu_flags, run, saved_run
+from quality import ROOT, cpu_flags, summary, trained
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -64,14 +63,9 @@ def main() -> None:
     reference()
     if "--reference" in sys.argv:
         return
-    run_dir = saved_run(run("task=speaker_id", *[a for a in sys.argv[1:] if a != "--reference"]))
-    saved = json.loads((run_dir / "metrics.json").read_text())
-    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    run_dir, saved, history = trained("task=speaker_id", *[a for a in sys.argv[1:] if a != "--reference"])
     m = saved["metrics"]
-    print(f"run {run_dir}")
-    print(f"parameters {saved['params']:,}; {saved['steps']} steps ({history[-1]['epoch']} full epochs) in "
-          f"{saved['train_seconds'] / 60:.1f} min; {saved['samples_per_second']:.1f} recordings/s in train steps; "
-          f"{saved['device']}; best step {saved['best_step']}")
+    print(summary(run_dir, saved, history, "recordings"))
     print("validation curve (step, minutes: accuracy):")
     for h in history:
         print(f"  {h['step']:5d} {h['elapsed'] / 60:5.1f}  {h['val/accuracy']:.4f}")

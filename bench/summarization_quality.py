@@ -11,30 +11,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-from quality import run, saved_run
+from quality import run, summary, trained
 
 
 def main() -> None:
     data = Path(os.environ.get("SUITE_DATA", "../shared/data")) / "samsum"
-    stdout = run("task=summarization", f"data.root={data.parent}", *sys.argv[1:])
-    run_dir = saved_run(stdout)
-    m = json.loads((run_dir / "metrics.json").read_text())
+    run_dir, m, history = trained("task=summarization", f"data.root={data.parent}", *sys.argv[1:])
     r = m["metrics"]
     print(f"SAMSum test ROUGE-1 {r['rouge1']:.2f} (target >= 30)  ROUGE-2 {r['rouge2']:.2f}  "
           f"ROUGE-L {r['rougeL']:.2f} (target >= 27)")
-    print(f"training {m['train_seconds'] / 60:.1f} min (budget 60), {m['samples_per_second']:.1f} samples/s, "
-          f"{m['params']:,} parameters, {m['device']}, {m['steps']} steps (best at {m['best_step']})")
-    for line in (run_dir / "history.jsonl").read_text().splitlines():
-        h = json.loads(line)
+    print(summary(run_dir, m, history, "samples"))
+    for h in history:
         print(f"  step {h['step']:>6}  {h['elapsed'] / 60:5.1f} min  val ROUGE-1/2/L (greedy) "
               f"{h['val/rouge1']:.2f} / {h['val/rouge2']:.2f} / {h['val/rougeL']:.2f}")
     test = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()[:3]]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n\n".join(row["document"].replace("\r\n", "\n") for row in test) + "\n")
     summaries = run("mode=predict", "task=summarization", f"run_dir={run_dir}", f"input={f.name}").splitlines()
-    for row, summary in zip(test, summaries):
-        print(f"\n{row['document']}\n  reference: {row['summary']}\n  generated: {summary}")
-    print(f"\nrun {run_dir}")
+    for row, generated in zip(test, summaries):
+        print(f"\n{row['document']}\n  reference: {row['summary']}\n  generated: {generated}")
 
 
 if __name__ == "__main__":

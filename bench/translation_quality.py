@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import sacrebleu
-from quality import run, saved_run
+from quality import run, summary, trained
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
 
@@ -27,9 +27,7 @@ def moses_lc(lines: list[str]) -> list[str]:
 
 def main() -> None:
     data = Path(os.environ.get("SUITE_DATA", "../shared/data")) / "multi30k_en_de"
-    stdout = run("task=translation", f"data.root={data.parent}", *sys.argv[1:])
-    run_dir = saved_run(stdout)
-    m = json.loads((run_dir / "metrics.json").read_text())
+    run_dir, m, history = trained("task=translation", f"data.root={data.parent}", *sys.argv[1:])
     test = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
     with tempfile.NamedTemporaryFile("w", suffix=".en", delete=False) as f:
         f.write("\n".join(row["src"] for row in test) + "\n")
@@ -42,12 +40,9 @@ def main() -> None:
     print(f"test2016 BLEU, lower-cased Moses-tokenised: {lc_tok.score:.2f} (target >= 32)")
     print(f"test2016 BLEU, cased detokenised (sacreBLEU 13a): {cased.score:.2f}; the run recorded "
           f"bleu {m['metrics']['bleu']:.2f}, chrF {m['metrics']['chrf']:.2f}")
-    print(f"training {m['train_seconds'] / 60:.1f} min (budget 60), {m['samples_per_second']:.0f} samples/s, "
-          f"{m['params']:,} parameters, {m['device']}, {m['steps']} steps (best at {m['best_step']})")
-    for line in (run_dir / "history.jsonl").read_text().splitlines():
-        h = json.loads(line)
+    print(summary(run_dir, m, history, "samples"))
+    for h in history:
         print(f"  step {h['step']:>6}  {h['elapsed'] / 60:5.1f} min  val BLEU (greedy) {h['val/bleu']:.2f}")
-    print(f"run {run_dir}")
 
 
 if __name__ == "__main__":

@@ -9,27 +9,17 @@ per-class accuracy, training time and throughput from the run's metrics.json. Ta
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
-import yaml
-from quality import run, saved_run
+from quality import summary, trained
 
 TARGET = 0.91
 
 
 def main() -> None:
-    if not os.environ.get("SUITE_DATA"):
-        sys.exit("set SUITE_DATA to the folder holding fashion_mnist/fashion_mnist.npz")
-    args = ["task=vit", *sys.argv[1:]]
-    run_dir = saved_run(run(*args))
-    saved = json.loads((run_dir / "metrics.json").read_text())
-    history = [yaml.safe_load(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    run_dir, saved, history = trained("task=vit", *sys.argv[1:], needs="fashion_mnist/fashion_mnist.npz")
     m = saved["metrics"]
-    print(f"run {run_dir}")
-    print(f"parameters {saved['params']:,}; {saved['steps']} steps ({history[-1]['epoch']} full epochs) in "
-          f"{saved['train_seconds'] / 60:.1f} min; {saved['samples_per_second']:.0f} images/s in train steps")
+    print(summary(run_dir, saved, history, "images"))
     print("validation accuracy by epoch: " + " ".join(f"{h['val/accuracy']:.4f}" for h in history))
     print("test per-class accuracy: " + " ".join(f"{k[4:]}={v:.3f}" for k, v in m.items() if k.startswith("acc_")))
     print(f"TEST ACCURACY {m['accuracy']:.4f} (target {TARGET:.2f}: {'met' if m['accuracy'] >= TARGET else 'NOT met'})")

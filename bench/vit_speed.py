@@ -13,7 +13,6 @@ them alike. Prints images/s, the ratios, and model-FLOPs utilisation against the
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from speedtest import interleaved_rates, matmul_peak  # noqa: E402
+from speedtest import compare, speed_args  # noqa: E402
 
 from tasks.vit import Task  # noqa: E402
 
@@ -77,29 +76,17 @@ def train_flops(D: int = 256, L: int = 4, d_ff: int = 1024) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = speed_args(__doc__.split("\n")[0], steps=20)
     models = {"suite": suite_model(), "suite-d0.1": suite_model(dropout=0.1), "timm": timm_model()}
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     print(f"torch {torch.__version__}, {args.threads} threads; batch {B} x {C}x{SIZE}x{SIZE}, patch {PATCH}")
     print(f"parameters: suite {params['suite']:,}  timm {params['timm']:,}  "
           f"(difference {abs(params['suite'] / params['timm'] - 1):.1%}: timm's class token and its position)")
     flops = train_flops()
-    for precision, bf16 in (("float32", False), ("bf16 autocast", True)):
-        peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
-        steps = {k: make_step(m, k, bf16) for k, m in models.items()}
-        rate, ms = interleaved_rates(steps, args.steps, B)
-        mfu = {k: flops * rate[k] / B / 1e9 / peak for k in rate}
-        print(f"\n{precision}: matmul peak {peak:.0f} GFLOP/s")
-        for k in steps:
-            print(f"  {k:8s} {rate[k]:7.1f} images/s  ({ms[k]:.0f} ms/step, "
-                  f"MFU {mfu[k]:.0%})")
-        print(f"  speed-up suite / timm: {rate['suite'] / rate['timm']:.2f}x (defaults, neither with dropout); "
-              f"{rate['suite-d0.1'] / rate['timm']:.2f}x with dropout 0.1 in the suite's model")
+    rates = compare(models, make_step, flops, args.steps, B, "images")
+    for precision, rate in rates.items():
+        print(f"{precision}: speed-up suite / timm {rate['suite'] / rate['timm']:.2f}x (defaults, neither with "
+              f"dropout); {rate['suite-d0.1'] / rate['timm']:.2f}x with dropout 0.1 in the suite's model")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from core.attention_plots import attention_strip, last_layer, panels_with_strip, save
 from core.audio_features import SuiteFeatureExtractor
-from core.data import local_folder
+from core.data import load_folder_or_hub, local_folder
 from core.stems import AudioStem
-from core.task import UserError, read_lines
+from core.task import UserError, load_saved, read_lines
 from core.transformer import record_attention
 
 log = logging.getLogger(__name__)
@@ -116,11 +116,7 @@ def feature_extractor(fc: FeatureConfig, audio_stem: str = "conv2d", edge_pause:
 
 
 def load_feature_extractor(run_dir: Path) -> SuiteFeatureExtractor:
-    try:
-        return SuiteFeatureExtractor.from_pretrained(run_dir)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{run_dir} lacks a readable preprocessor_config.json ({str(e).splitlines()[0]}); retrain "
-                        f"it or point run_dir at another run") from None
+    return load_saved(SuiteFeatureExtractor, run_dir, "feature extractor (preprocessor_config.json)")
 
 
 def ctc_tokenizer(texts: list[str], folder: Path) -> Wav2Vec2CTCTokenizer:
@@ -136,11 +132,7 @@ def ctc_tokenizer(texts: list[str], folder: Path) -> Wav2Vec2CTCTokenizer:
 
 
 def load_ctc_tokenizer(run_dir: Path) -> Wav2Vec2CTCTokenizer:
-    try:
-        return Wav2Vec2CTCTokenizer.from_pretrained(run_dir)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{run_dir} lacks a readable CTC tokenizer (vocab.json: {str(e).splitlines()[0]}); retrain "
-                        f"it or point run_dir at another run") from None
+    return load_saved(Wav2Vec2CTCTokenizer, run_dir, "CTC tokenizer (vocab.json)")
 
 
 class SpecAugment:
@@ -207,27 +199,15 @@ def read_clips(data: DictConfig, rate: int, required: tuple[str, ...], optional:
     """Decode every recording of the train/validation/test splits once (unreadable ones and rows with an empty
     required field are skipped with a warning), from an audiofolder under data.root or a Hub dataset. A single
     table with a column naming each row's split (`data.split_column`) is split by it. Other columns are ignored."""
-    from datasets import load_dataset
-
-    folder = local_folder(data)
-    try:
-        if folder is not None:
-            ds = dict(load_dataset("audiofolder", data_dir=str(folder)))
-        else:
-            hub = load_dataset(str(data.hub_id), data.get("hub_config"))
-            ds = {split: hub[name] for split, name in data.hub_splits.items()}
-    except Exception as e:  # datasets raises many types for a missing or unreadable dataset
-        where = folder if folder is not None else f"the Hub dataset {data.hub_id}"
-        raise UserError(f"could not load audio from {where} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    ds = load_folder_or_hub(data, "audiofolder", "audio")
     by = data.get("split_column")
     if by and len(ds) == 1 and by in next(iter(ds.values())).column_names:  # one table, split named per row
         part = next(iter(ds.values()))
         values = part[by]
         ds = {s: part.select([i for i, v in enumerate(values) if v == s]) for s in sorted(set(values))}
     if "train" not in ds:
-        raise UserError(f"no train split in {folder or data.hub_id} (splits: {sorted(ds)}); name each row's split "
-                        f"in a column (data.split_column) or give train/ and test/ folders")
+        raise UserError(f"no train split in {local_folder(data) or data.hub_id} (splits: {sorted(ds)}); name each "
+                        f"row's split in a column (data.split_column) or give train/ and test/ folders")
     cols = dict(data.columns)
     return {split: _decode(split, ds[split], cols, rate, required, optional)
             for split in ("train", "validation", "test") if split in ds}

@@ -126,14 +126,21 @@ def bert_weights(w: Weights, hf: PreTrainedConfig, config: SuiteConfig) -> Tenso
           "stem.types.weight": w("embeddings.token_type_embeddings.weight"),
           "encoder.embed.positions.table": w("embeddings.position_embeddings.weight"),
           **w.linear("embeddings.LayerNorm", "encoder.embed.norm")}
-    for i in range(hf.num_hidden_layers):
+    return sd | bert_layers(w, hf.num_hidden_layers, "attention.self", "attention.output.LayerNorm", "output.LayerNorm")
+
+
+def bert_layers(w, n: int, attention: str, norm1: str, norm2: str) -> dict:
+    """The `n` layers of a BERT-style encoder (BERT, ViT: `encoder.layer.{i}`), q/k/v under `attention` fused into
+    the core's qkv; the two LayerNorms are named `norm1` (around attention) and `norm2` (around the FFN)."""
+    sd = {}
+    for i in range(n):
         src, dst = f"encoder.layer.{i}", f"encoder.layers.{i}"
-        sd |= w.fused([f"{src}.attention.self.{p}" for p in ("query", "key", "value")], f"{dst}.attn.qkv")
+        sd |= w.fused([f"{src}.{attention}.{p}" for p in ("query", "key", "value")], f"{dst}.attn.qkv")
         sd |= w.linear(f"{src}.attention.output.dense", f"{dst}.attn.out")
-        sd |= w.linear(f"{src}.attention.output.LayerNorm", f"{dst}.norm1")
+        sd |= w.linear(f"{src}.{norm1}", f"{dst}.norm1")
         sd |= w.linear(f"{src}.intermediate.dense", f"{dst}.ff.up")
         sd |= w.linear(f"{src}.output.dense", f"{dst}.ff.down")
-        sd |= w.linear(f"{src}.output.LayerNorm", f"{dst}.norm2")
+        sd |= w.linear(f"{src}.{norm2}", f"{dst}.norm2")
     return sd
 
 
@@ -171,15 +178,7 @@ def vit_weights(w: Weights, hf: PreTrainedConfig, config: SuiteConfig) -> Tensor
           "stem.pos": resample_positions(w("embeddings.position_embeddings"), old, new),
           **w.linear("embeddings.patch_embeddings.projection", "stem.patch"),
           **w.linear("layernorm", "encoder.norm")}
-    for i in range(hf.num_hidden_layers):
-        src, dst = f"encoder.layer.{i}", f"encoder.layers.{i}"
-        sd |= w.fused([f"{src}.attention.attention.{p}" for p in ("query", "key", "value")], f"{dst}.attn.qkv")
-        sd |= w.linear(f"{src}.attention.output.dense", f"{dst}.attn.out")
-        sd |= w.linear(f"{src}.layernorm_before", f"{dst}.norm1")
-        sd |= w.linear(f"{src}.intermediate.dense", f"{dst}.ff.up")
-        sd |= w.linear(f"{src}.output.dense", f"{dst}.ff.down")
-        sd |= w.linear(f"{src}.layernorm_after", f"{dst}.norm2")
-    return sd
+    return sd | bert_layers(w, hf.num_hidden_layers, "attention.attention", "layernorm_before", "layernorm_after")
 
 
 def whisper_fields(hf: PreTrainedConfig) -> dict:

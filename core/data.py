@@ -24,6 +24,21 @@ def local_folder(data: DictConfig) -> Path | None:
     return folder
 
 
+def load_folder_or_hub(data: DictConfig, builder: str, what: str) -> dict:
+    """{split: Dataset} of a local `builder` folder (imagefolder, audiofolder) at <data.root>/<data.dir>, or of the
+    Hub dataset data.hub_id (its data.hub_splits); a missing or unreadable dataset is one UserError naming it."""
+    folder = local_folder(data)
+    try:
+        if folder is not None:
+            return dict(load_dataset(builder, data_dir=str(folder)))
+        hub = load_dataset(str(data.hub_id), data.get("hub_config"))
+        return {split: hub[name] for split, name in data.hub_splits.items()}
+    except Exception as e:  # datasets raises many types for a missing or unreadable dataset
+        where = folder if folder is not None else f"the Hub dataset {data.hub_id}"
+        raise UserError(f"could not load {what} from {where} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
 def check_utf8(path: Path) -> None:
     """Refuse a text data file that is not UTF-8, naming its line (Arrow would fail later, deep in a traceback)."""
     if path.suffix not in (".json", ".jsonl", ".csv", ".tsv", ".txt"):

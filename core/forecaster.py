@@ -110,6 +110,8 @@ class SuiteForForecasting(SuitePreTrainedModel):
     """RevIN around a network mapping (B, L, C) to (B, H, C) (`config.architecture`: patch | encdec); returns the
     target channels' forecast and, given `future_values` (B, H, C), its MSE."""
 
+    pipeline_tag = "time-series-forecasting"
+
     main_input_name = "past_values"
 
     def __init__(self, config: SuiteConfig):

@@ -63,6 +63,8 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: Suit
 class SuiteForSequenceClassification(SuitePreTrainedModel):
     """Stem -> the shared encoder -> mean (or first-position) pooling -> dropout -> linear: one label per input."""
 
+    pipeline_tag = "text-classification"
+
     def __init__(self, config: SuiteConfig):
         super().__init__(config)
         self.model = SuiteModel(config)
@@ -81,11 +83,15 @@ class SuiteForSequenceClassification(SuitePreTrainedModel):
 class SuiteForImageClassification(SuiteForSequenceClassification):
     """The classification head on the image stem (`AutoModelForImageClassification`, the image pipeline)."""
 
+    pipeline_tag = "image-classification"
+
     main_input_name = "pixel_values"
 
 
 class SuiteForAudioClassification(SuiteForSequenceClassification):
     """The classification head on the audio stem (`AutoModelForAudioClassification`)."""
+
+    pipeline_tag = "audio-classification"
 
     main_input_name = "input_features"
 
@@ -93,6 +99,8 @@ class SuiteForAudioClassification(SuiteForSequenceClassification):
 class SuiteForCTC(SuitePreTrainedModel):
     """Audio stem -> the shared encoder -> linear scores over the characters (Graves et al. 2006); blank is
     `config.pad_token_id`, as in transformers' CTC models. Labels (B, L) are padded with -100."""
+
+    pipeline_tag = "automatic-speech-recognition"
 
     main_input_name = "input_features"
 

@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 from transformers import AutoImageProcessor, ViTImageProcessor
 from transformers.image_utils import load_image
 
-from core.data import local_folder
+from core.data import load_folder_or_hub, local_folder
 from core.task import UserError
 from core.transformer import record_attention
 
@@ -104,18 +104,8 @@ def load_images(data: DictConfig, geometry: Geometry) -> tuple[dict[str, Images]
     if folder is not None and data.format == "npz":
         return read_npz(folder, data, geometry), None
     from datasets import Image as ImageFeature
-    from datasets import load_dataset
 
-    try:
-        if folder is not None:
-            ds = load_dataset("imagefolder", data_dir=str(folder))
-        else:
-            ds = load_dataset(str(data.hub_id), data.get("hub_config"))
-            ds = {split: ds[name] for split, name in data.hub_splits.items()}
-    except Exception as e:  # datasets raises many types for a missing or unreadable dataset
-        where = folder if folder is not None else f"the Hub dataset {data.hub_id}"
-        raise UserError(f"could not load images from {where} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    ds = load_folder_or_hub(data, "imagefolder", "images")
     image_col, label_col = data.columns["image"], data.columns["label"]
     if "train" not in ds:
         raise UserError(f"no train split in {folder or data.hub_id} (splits: {list(ds)})")

@@ -125,6 +125,7 @@ class SuitePreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
     _no_split_modules = ["EncoderLayer", "DecoderLayer"]
+    pipeline_tag: str | None = None  # the transformers pipeline (and Hub tag) for this head, where there is one
 
     def _init_weights(self, module: nn.Module) -> None:
         """transformers calls this on every submodule, children first, on a fresh model and on whatever a checkpoint

@@ -112,7 +112,8 @@ def record_run(cfg: DictConfig, task: Task, result: dict, run_dir: Path, variant
     saved = {k: v for k, v in row.items() if k != "config"} | {"param_checksums": result["param_checksums"],
                                                                "best_validation": result["best"]}
     write_model_card(run_dir, row, task.model_cfg, overrides, task.head.__name__, task.head._auto_class or "AutoModel",
-                     task.pipeline_tag, task.cfg.data.get("hub_id"), task.model_cfg.pretrained)
+                     task.pipeline_tag or task.head.pipeline_tag, task.cfg.data.get("hub_id"),
+                     task.model_cfg.pretrained)
     (run_dir / "metrics.json").write_text(json.dumps(saved, indent=2) + "\n")  # last: the run counts as finished
     record(Path(cfg.leaderboard.path), row, cfg)
     return row

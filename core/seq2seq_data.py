@@ -23,7 +23,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from core.attention_plots import last_layer, token_heatmap
 from core.data import drop_empty, load_splits
-from core.task import UserError
+from core.seq2seq import SuiteForConditionalGeneration
+from core.task import Task, UserError, load_saved
 from core.text import train_tokenizer
 from core.transformer import record_attention
 
@@ -145,10 +146,7 @@ class Seq2SeqText:
                                  for split, part in ds.items()})
 
     def load_tokenizer(self, run_dir: Path) -> None:
-        try:
-            self.tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{run_dir} lacks a readable tokenizer ({e})") from None
+        self.tokenizer = load_saved(PreTrainedTokenizerFast, run_dir, "tokenizer (tokenizer.json)")
 
     def encode_sources(self, texts: list[str]) -> tuple[list[list[int]], int]:
         """Token ids of each source (text, EOS), cut at task.max_source_len, as the saved tokenizer gives them with
@@ -281,3 +279,41 @@ def pad_right(seqs: list[list[int]], value: int, multiple: int = 8) -> torch.Ten
     """(N, L) tensor, L the longest length rounded up to `multiple` (tensor-core friendly shapes)."""
     width = -(-max(len(s) for s in seqs) // multiple) * multiple
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
+
+
+class Seq2SeqTask(Task):
+    """What translation and summarisation share as tasks: the seq2seq head and every step but the metric, each
+    handed to `Seq2SeqText`. A subclass names its metric, config and `compute_metrics`."""
+
+    head = SuiteForConditionalGeneration
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.text = Seq2SeqText(self.config, cfg)
+
+    def prepare(self, run_dir: Path, is_main: bool) -> None:
+        self.text.prepare(run_dir, is_main)
+
+    def dataloader(self, split: str, train: bool) -> DataLoader | None:
+        return self.text.dataloader(split, train)
+
+    def model_fields(self) -> dict:
+        return self.text.model_fields()
+
+    def build_model(self) -> SuiteForConditionalGeneration:
+        """The head with this task's decoding settings (saved beside it as generation_config.json)."""
+        model = super().build_model()
+        model.generation_config = self.text.generation_config()
+        return model
+
+    def eval_step(self, model, batch) -> list:
+        return self.text.eval_step(model, batch)
+
+    def load_assets(self, run_dir: Path) -> None:
+        self.text.load_tokenizer(run_dir)
+
+    def predict(self, model, inputs: list[str]) -> list[str]:
+        return self.text.predict(model, inputs)
+
+    def attention(self, model, inputs: list[str] | None, path: Path) -> Path:
+        return self.text.attention(model, inputs, path)

@@ -234,6 +234,8 @@ class SuiteForTokenClassification(SuitePreTrainedModel):
     subword gets its word's decoding scores (not computed in a training step given labels, which needs only the loss).
     """
 
+    pipeline_tag = "token-classification"
+
     def __init__(self, config: SuiteConfig):
         super().__init__(config)
         if config.tag_decoder not in DECODERS:

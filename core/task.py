@@ -88,12 +88,16 @@ class Task:
     head: ClassVar[type[SuitePreTrainedModel]]
     Config: ClassVar[type | None] = None  # the typed `task` group; None: the YAML as it is
     input_keys: ClassVar[tuple[str, ...]] = ("text", "input")  # what mode=predict/attention read instead of test data
-    pipeline_tag: ClassVar[str | None] = None  # transformers' name of the task (model card; pipeline when it has one)
+    pipeline_tag: ClassVar[str | None] = None  # the Hub's name of the task where the head's pipeline tag is not it
+    fine_tunes: ClassVar[bool] = False  # prepare() takes a checkpoint's tokenizer/processor under model.pretrained
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.config = to_dataclass(cfg.task, self.Config, "task") if self.Config else cfg.task
         self.model_cfg = model_config(cfg)
+        if self.model_cfg.pretrained and not self.fine_tunes:
+            raise UserError(f"task {cfg.task.name} does not take model.pretrained yet (its preprocessing would not be "
+                            f"the checkpoint's): README, Pretrained checkpoints, lists the tasks that do")
 
     # -- training side -------------------------------------------------------------------------------------------
     def prepare(self, run_dir: Path, is_main: bool) -> None:
@@ -236,6 +240,16 @@ def saved_config(run_dir: Path) -> DictConfig:
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a saved run (no config.yaml); point at a folder under outputs/runs")
     return OmegaConf.load(run_dir / "config.yaml")
+
+
+def load_saved(cls, run_dir: Path, what: str):
+    """`cls.from_pretrained(run_dir)` (a tokenizer, feature extractor, processor of a saved run), or one UserError
+    naming the run folder and the file it lacks."""
+    try:
+        return cls.from_pretrained(run_dir)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run_dir} lacks a readable {what} ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                        f"; retrain it or point run_dir at another run") from None
 
 
 def load_run(run_dir: Path, cfg: DictConfig | None = None) -> tuple[Task, SuitePreTrainedModel]:

@@ -149,7 +149,6 @@ class Task(base.Task):
     metric = "wer"
     greater_is_better = False
     head = SuiteForCTC
-    pipeline_tag = "automatic-speech-recognition"
     Config = Config
     input_keys = ("audio", "input")
 

@@ -62,7 +62,6 @@ class Task(base.Task):
     metric = "mse"
     greater_is_better = False
     head = SuiteForForecasting
-    pipeline_tag = "time-series-forecasting"
     Config = Config
     input_keys = ("csv",)
 

@@ -67,7 +67,6 @@ class Task(base.Task):
 
     metric = "f1"
     head = SuiteForTokenClassification
-    pipeline_tag = "token-classification"
     Config = Config
 
     def __init__(self, cfg):
@@ -76,6 +75,8 @@ class Task(base.Task):
         self.labels: list[str] = []
         self.chars: dict[str, int] = {}  # character -> id; 0 padding, 1 unknown
         self.data: dict[str, list[dict]] = {}
+
+    fine_tunes = True  # prepare() takes the checkpoint's tokenizer under model.pretrained
 
     # -- data --------------------------------------------------------------------------------------------------------
     def prepare(self, run_dir: Path, is_main: bool) -> None:

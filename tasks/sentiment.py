@@ -70,7 +70,6 @@ class Task(base.Task):
 
     metric = "accuracy"
     head = SuiteForSequenceClassification
-    pipeline_tag = "text-classification"
     Config = Config
 
     def __init__(self, cfg):
@@ -79,6 +78,8 @@ class Task(base.Task):
         self.labels: list[str] = []
         self.data: DatasetDict | None = None
         self.teachers: list = []  # saved runs to distil from (task.teachers)
+
+    fine_tunes = True  # prepare() takes the checkpoint's tokenizer under model.pretrained
 
     # -- data --------------------------------------------------------------------------------------------------------
     def prepare(self, run_dir: Path, is_main: bool) -> None:

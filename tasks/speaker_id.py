@@ -44,7 +44,6 @@ class Task(base.Task):
 
     metric = "accuracy"
     head = SuiteForAudioClassification
-    pipeline_tag = "audio-classification"
     Config = Config
     input_keys = ("audio", "input")
 

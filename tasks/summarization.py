@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rouge_score import rouge_scorer
-from torch.utils.data import DataLoader
 
 from core import task as base
-from core.seq2seq import SuiteForConditionalGeneration
-from core.seq2seq_data import Decoding, Seq2SeqConfig, Seq2SeqText
+from core.seq2seq_data import Decoding, Seq2SeqConfig, Seq2SeqTask
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -45,56 +43,23 @@ def rouge(records: list) -> dict[str, float]:
     return {key: 100 * value / len(records) for key, value in sums.items()}
 
 
-class Task(base.Task):
+class Task(Seq2SeqTask):
     """Document -> summary; metrics `rouge1`, `rouge2`, `rougeL`."""
 
     metric = "rougeL"
-    head = SuiteForConditionalGeneration
     pipeline_tag = "summarization"
     Config = Config
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.text = Seq2SeqText(self.config, cfg)
-
-    def prepare(self, run_dir: Path, is_main: bool) -> None:
-        self.text.prepare(run_dir, is_main)
-
-    def dataloader(self, split: str, train: bool) -> DataLoader | None:
-        return self.text.dataloader(split, train)
-
-    def model_fields(self) -> dict:
-        return self.text.model_fields()
-
-    def build_model(self) -> SuiteForConditionalGeneration:
-        """The head with this task's decoding settings (saved beside it as generation_config.json)."""
-        model = super().build_model()
-        model.generation_config = self.text.generation_config()
-        return model
-
-    def eval_step(self, model, batch) -> list:
-        return self.text.eval_step(model, batch)
-
     def compute_metrics(self, records: list) -> dict[str, float]:
         return rouge(records)
-
-    def load_assets(self, run_dir: Path) -> None:
-        self.text.load_tokenizer(run_dir)
-
-    def predict(self, model, inputs: list[str]) -> list[str]:
-        return self.text.predict(model, inputs)
-
-    def attention(self, model, inputs: list[str] | None, path: Path) -> Path:
-        return self.text.attention(model, inputs, path)
 
     def read_inputs(self) -> list[str]:
         """`text=` is one document (`\\n` for line breaks); `input=<file>` holds documents separated by blank lines
         (a dialogue is several lines, one per utterance)."""
         if not self.cfg.get("input"):
-            return [str(self.cfg.text).replace("\\n", "\n")] if self.cfg.get("text") is not None \
-                else super().read_inputs()
-        path = Path(self.cfg.input)
-        if not path.is_file():
-            raise base.UserError(f"input file {path} not found")
-        blocks = path.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n\n")
-        return [block.strip("\n") for block in blocks if block.strip()]
+            return [text.replace("\\n", "\n") for text in super().read_inputs()]
+        blocks = "\n".join(base.read_lines(Path(self.cfg.input))).split("\n\n")
+        documents = [block.strip("\n") for block in blocks if block.strip()]
+        if not documents:
+            raise base.UserError(f"input file {self.cfg.input} holds no document: separate them by blank lines")
+        return documents

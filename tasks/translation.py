@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import sacrebleu
-from torch.utils.data import DataLoader
 
-from core import task as base
-from core.seq2seq import SuiteForConditionalGeneration
-from core.seq2seq_data import Decoding, Seq2SeqConfig, Seq2SeqText
+from core.seq2seq_data import Decoding, Seq2SeqConfig, Seq2SeqTask
 
 log = logging.getLogger(__name__)
 
@@ -46,44 +42,12 @@ def bleu_and_chrf(records: list) -> dict[str, float]:
     return scores
 
 
-class Task(base.Task):
+class Task(Seq2SeqTask):
     """Source text -> target text; metrics `bleu` and `chrf`."""
 
     metric = "bleu"
-    head = SuiteForConditionalGeneration
     pipeline_tag = "translation"
     Config = Config
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.text = Seq2SeqText(self.config, cfg)
-
-    def prepare(self, run_dir: Path, is_main: bool) -> None:
-        self.text.prepare(run_dir, is_main)
-
-    def dataloader(self, split: str, train: bool) -> DataLoader | None:
-        return self.text.dataloader(split, train)
-
-    def model_fields(self) -> dict:
-        return self.text.model_fields()
-
-    def build_model(self) -> SuiteForConditionalGeneration:
-        """The head with this task's decoding settings (saved beside it as generation_config.json)."""
-        model = super().build_model()
-        model.generation_config = self.text.generation_config()
-        return model
-
-    def eval_step(self, model, batch) -> list:
-        return self.text.eval_step(model, batch)
-
     def compute_metrics(self, records: list) -> dict[str, float]:
         return bleu_and_chrf(records)
-
-    def load_assets(self, run_dir: Path) -> None:
-        self.text.load_tokenizer(run_dir)
-
-    def predict(self, model, inputs: list[str]) -> list[str]:
-        return self.text.predict(model, inputs)
-
-    def attention(self, model, inputs: list[str] | None, path: Path) -> Path:
-        return self.text.attention(model, inputs, path)

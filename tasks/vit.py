@@ -68,7 +68,6 @@ class Task(base.Task):
 
     metric = "accuracy"
     head = SuiteForImageClassification
-    pipeline_tag = "image-classification"
     Config = Config
     input_keys = ("image",)
 

@@ -84,6 +84,24 @@ def run_without_suite(code: str, cwd: Path, timeout: int = 300) -> subprocess.Co
                           timeout=timeout)
 
 
+def text_logits_without_suite(folder: Path, auto_class: str, texts: list[str], cwd: Path, then: str = "") -> list[str]:
+    """In a process without the suite: load the run folder `folder` with transformers' `auto_class` and its tokenizer
+    (trust_remote_code), print the module the model came from and its logits on `texts` as JSON, then run `then`
+    (more code, which may use `folder` and `texts`); returns stdout's lines from the first of those."""
+    out = run_without_suite(f"""
+import json, torch
+from transformers import {auto_class}, AutoTokenizer, pipeline
+folder, texts = {str(folder)!r}, {texts!r}
+model = {auto_class}.from_pretrained(folder, trust_remote_code=True).eval()
+enc = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)(texts, padding=True, return_tensors="pt")
+with torch.no_grad():
+    print(type(model).__module__, json.dumps(model(**enc).logits.tolist()))
+""" + then, cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("transformers_modules")):]
+
+
 def killed_and_resumed(args: list[str], tmp_path: Path, kill_after_step: int) -> tuple[dict, dict]:
     """Train `args` once whole; train them again, SIGKILL the process a moment after its checkpoint at
     `kill_after_step` (trainer.save_every must reach it), resume it with trainer.resume=true; both metrics.json."""

@@ -15,7 +15,7 @@ from core.tagging import max_marginals, transition_rules, viterbi
 from core.task import UserError, load_task, save_weights  # importing core registers its Auto classes
 from core.words import Collate, split_windows, stitch, to_iob2
 from tasks.ner import WORD_RE
-from tests.conftest import run_suite, run_without_suite
+from tests.conftest import run_suite, text_logits_without_suite
 from tests.test_train import compose_cfg
 
 FIRST = "Angela Peter Maria Johannes Ingrid Kowalczyk".split()
@@ -253,20 +253,11 @@ def test_a_run_folder_loads_where_the_suite_is_not_installed(random_crf, tmp_pat
     enc = task.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = model(**enc).logits
-    out = run_without_suite(f"""
-import json, torch
-from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
-model = AutoModelForTokenClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-enc = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)({texts!r}, padding=True,
-                                                                         return_tensors="pt")
-with torch.no_grad():
-    print(type(model).__module__, json.dumps(model(**enc).logits.tolist()))
-nlp = pipeline("token-classification", model={str(folder)!r}, trust_remote_code=True)
+    first, groups = text_logits_without_suite(folder, "AutoModelForTokenClassification", texts, tmp_path, """
+nlp = pipeline("token-classification", model=folder, trust_remote_code=True)
 print(json.dumps([[(e["entity_group"], e["start"], e["end"]) for e in nlp(t, aggregation_strategy="first")]
-                  for t in {texts!r}]))
-""", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    first, groups = out.stdout.strip().splitlines()[-2:]
+                  for t in texts]))
+""")[-2:]
     module, logits = first.split(" ", 1)
     assert module.startswith("transformers_modules.")  # the folder's own copy of the modeling code
     torch.testing.assert_close(torch.tensor(json.loads(logits)), expected, atol=1e-5, rtol=1e-5)

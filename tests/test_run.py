@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, killed_and_resumed, run_suite, run_without_suite, write_sst2
+from tests.conftest import ROOT, killed_and_resumed, run_suite, text_logits_without_suite, write_sst2
 
 TINY = ["task=sentiment", "model=tiny", "task.vocab_size=200", "trainer.batch_size=16", "trainer.lr=1e-3",
         "trainer.warmup_steps=10", "trainer.max_minutes=0", "trainer.log_every=5"]
@@ -131,17 +131,8 @@ def test_a_run_folder_loads_where_the_suite_is_not_installed(trained, tmp_path):
     enc = AutoTokenizer.from_pretrained(run_dir)(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()(**enc).logits
-    out = run_without_suite(f"""
-import json, torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-model = AutoModelForSequenceClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
-enc = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)({TEXTS!r}, padding=True,
-                                                                          return_tensors="pt")
-with torch.no_grad():
-    print(type(model).__module__, json.dumps(model(**enc).logits.tolist()))
-""", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    module, logits = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    lines = text_logits_without_suite(folder, "AutoModelForSequenceClassification", TEXTS, tmp_path)
+    module, logits = lines[0].split(" ", 1)
     assert module.startswith("transformers_modules.")  # the folder's own copy of the modeling code
     torch.testing.assert_close(torch.tensor(json.loads(logits)), expected, atol=1e-5, rtol=1e-5)
 
