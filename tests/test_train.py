@@ -128,7 +128,7 @@ def test_leaderboard_takes_concurrent_writers(tmp_path):
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(300)  # each child imports torch and transformers: slow on a busy machine
     assert all(p.exitcode == 0 for p in procs)
     runs = leaderboard.rows(path)
     assert sorted(r["run_id"] for r in runs) == [f"run-{i}" for i in range(6)]
@@ -282,7 +282,7 @@ def test_a_model_name_means_one_network_on_every_task(task):
 
     cfg, choice = api.config(task)
     alone, _ = api.config("sentiment", f"model={choice}")
-    assert {f: cfg.model[f] for f in SHAPE} == {f: alone.model[f] for f in SHAPE}, (task, choice)
+    assert {f: cfg.model.get(f) for f in SHAPE} == {f: alone.model.get(f) for f in SHAPE}, (task, choice)
     other, _ = api.config(task, "model=small")
     small, _ = api.config("sentiment", "model=small")
-    assert {f: other.model[f] for f in SHAPE} == {f: small.model[f] for f in SHAPE}
+    assert {f: other.model.get(f) for f in SHAPE} == {f: small.model.get(f) for f in SHAPE}
