@@ -26,7 +26,7 @@ REFERENCE = {96: 0.375, 192: 0.414, 336: 0.431, 720: 0.449}  # PatchTST/42 (L=33
 def run(horizon: int, minutes: float, overrides: list[str]) -> dict:
     run_dir = ROOT / "bench" / "results" / f"forecasting_H{horizon}_{time.strftime('%Y%m%d-%H%M%S')}"
     cmd = [sys.executable, str(ROOT / "run.py"), "task=forecasting", f"task.horizon={horizon}",
-           f"trainer.max_minutes={minutes:g}", f"hydra.run.dir={run_dir}", *overrides]
+           f"trainer.max_minutes={minutes:g}", f"run_dir={run_dir}", *overrides]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     return json.loads((run_dir / "metrics.json").read_text())

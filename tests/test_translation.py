@@ -320,7 +320,7 @@ def test_two_processes_score_every_test_pair_exactly_once(tmp_path):
         "".join(json.dumps({"id": i, "src": s, "tgt": t}) + "\n" for i, (s, t) in enumerate(test)))
     out = run_suite("task=translation", "model=tiny", f"data.root={root}", "trainer.batch_size=8",
                     "trainer.max_steps=40", "trainer.eval_every=20", "trainer.max_minutes=0",
-                    "trainer.eval_batch_size=2", "trainer.mixed_precision=no", f"hydra.run.dir={tmp_path / 'run'}",
+                    "trainer.eval_batch_size=2", "trainer.mixed_precision=no", f"run_dir={tmp_path / 'run'}",
                     cwd=tmp_path, env={"OMP_NUM_THREADS": "1"},
                     launcher=[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"], timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
