@@ -18,14 +18,14 @@ from datasets import DatasetDict
 from omegaconf import DictConfig
 from tokenizers import processors
 from torch.utils.data import DataLoader
-from transformers import GenerationConfig, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedConfig, PreTrainedTokenizerFast
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from core.attention_plots import last_layer, token_heatmap
 from core.data import drop_empty, load_splits
 from core.seq2seq import SuiteForConditionalGeneration
 from core.task import Task, UserError, load_saved
-from core.text import train_tokenizer
+from core.text import checkpoint_tokenizer, train_tokenizer
 from core.transformer import record_attention
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,15 @@ class Decoding:
             raise ValueError(f"task.generation.max_len_a={self.max_len_a} and task.generation.no_repeat_ngram_size="
                              f"{self.no_repeat_ngram_size}: give 0 (off) or more")
 
-    def generation_config(self, tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
-        """These settings with the tokenizer's special tokens; PAD is never generated (Marian's configs ban it too).
-        Greedy decoding leaves length_penalty out (transformers refuses to save a beam-only setting without beams)."""
-        pad, settings = tokenizer.pad_token_id, asdict(self)
+    def generation_config(self, model: PreTrainedConfig) -> GenerationConfig:
+        """These settings with the model's special tokens (a checkpoint's own: Marian starts from PAD, BART from
+        EOS); PAD is never generated (Marian's configs ban it too). Greedy decoding leaves length_penalty out
+        (transformers refuses to save a beam-only setting without beams)."""
+        pad, settings = model.pad_token_id, asdict(self)
         if self.num_beams == 1:
             del settings["length_penalty"]
-        return GenerationConfig(**settings, decoder_start_token_id=tokenizer.bos_token_id, pad_token_id=pad,
-                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        return GenerationConfig(**settings, decoder_start_token_id=model.decoder_start_token_id, pad_token_id=pad,
+                                bos_token_id=model.bos_token_id, eos_token_id=model.eos_token_id,
                                 suppress_tokens=[pad], early_stopping=False)
 
 
@@ -75,7 +76,7 @@ class Seq2SeqConfig:
 
     name: str = "seq2seq"
     vocab_size: int = 10000  # one BPE vocabulary for sources and targets, fitted on the training split
-    lowercase: bool = False
+    lowercase: bool = False  # (model.pretrained: the checkpoint's own tokenizer instead; these two go unused)
     max_source_len: int = 128  # tokens incl. EOS; longer sources are truncated (with a warning in predict mode)
     max_target_len: int = 128  # tokens incl. EOS; longer training targets are truncated
     tie_embeddings: bool = True  # one matrix for source, target and output embeddings (the paper's sharing)
@@ -130,13 +131,17 @@ class Seq2SeqText:
         """The splits with a non-empty source and target; a split may carry more columns (several references)."""
         return drop_empty(drop_empty(load_splits(self.cfg.data, optional=("references",)), "source"), "target")
 
-    def prepare(self, run_dir: Path, is_main: bool) -> None:
-        """Fit one BPE vocabulary on the training sources and targets (the main process saves it, the others read it
-        back), then encode every split."""
+    def prepare(self, run_dir: Path, is_main: bool, checkpoint=None) -> None:
+        """Fit one BPE vocabulary on the training sources and targets, or take a checkpoint's own tokenizer under
+        model.pretrained (the main process saves it, the others read it back), then encode every split."""
         ds = self.load()
-        if is_main:
-            c, train = self.config, ds["train"]
-            texts = chain(train["source"], (ref for cell in train["target"] for ref in references(cell)))
+        c = self.config
+        if is_main and checkpoint is not None:  # its embedding was trained on that vocabulary
+            max_len = min(c.max_source_len, checkpoint.fields["max_len"])
+            self.tokenizer = checkpoint_tokenizer(checkpoint.folder, max_len, fast=False)  # Marian's: SentencePiece
+            self.tokenizer.save_pretrained(run_dir)
+        elif is_main:
+            texts = chain(ds["train"]["source"], (ref for cell in ds["train"]["target"] for ref in references(cell)))
             self.tokenizer = source_tokenizer(train_tokenizer(texts, c.vocab_size, "bpe", c.lowercase),
                                               c.max_source_len)
             self.tokenizer.save_pretrained(run_dir)
@@ -146,15 +151,12 @@ class Seq2SeqText:
                                  for split, part in ds.items()})
 
     def load_tokenizer(self, run_dir: Path) -> None:
-        self.tokenizer = load_saved(PreTrainedTokenizerFast, run_dir, "tokenizer (tokenizer.json)")
+        self.tokenizer = load_saved(AutoTokenizer, run_dir, "tokenizer (tokenizer.json)")
 
     def encode_sources(self, texts: list[str]) -> tuple[list[list[int]], int]:
-        """Token ids of each source (text, EOS), cut at task.max_source_len, as the saved tokenizer gives them with
-        truncation=True; also how many were cut."""
-        limit = self.config.max_source_len
-        ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]  # cut (and counted) here
-        cut = sum(len(x) >= limit for x in ids)
-        return [x[: limit - 1] + [self.tokenizer.eos_token_id] for x in ids], cut
+        """Token ids of each source as the saved tokenizer gives them (the suite's: text EOS; BART's: BOS text EOS)
+        with truncation=True at task.max_source_len; also how many were cut."""
+        return cut_to(self.tokenizer(texts, verbose=False)["input_ids"], self.config.max_source_len)
 
     def encode(self, batch: dict) -> dict:
         """Sources; the first reference as the training target (+ EOS); every reference, for scoring. A split's
@@ -164,9 +166,9 @@ class Seq2SeqText:
         refs = [references(cell) for cell in batch["target"]]
         if "references" in batch:
             refs = [references(cell) or own for cell, own in zip(batch["references"], refs)]
-        targets = self.tokenizer([r[0] for r in refs], add_special_tokens=False)["input_ids"]
-        limit, eos = self.config.max_target_len, self.tokenizer.eos_token_id
-        return {"input_ids": sources, "labels": [y[: limit - 1] + [eos] for y in targets], "reference": refs}
+        targets, _ = cut_to(self.tokenizer(text_target=[r[0] for r in refs], verbose=False)["input_ids"],
+                            self.config.max_target_len)  # with the target side's special tokens (text EOS)
+        return {"input_ids": sources, "labels": targets, "reference": refs}
 
     def collate(self, rows: list[dict], num_beams: int | None = None) -> dict:
         """Pad sources with PAD and labels with -100 (ignored by the loss), to a multiple of 8."""
@@ -201,8 +203,6 @@ class Seq2SeqText:
                 "decoder_start_token_id": tok.bos_token_id, "tie_word_embeddings": c.tie_embeddings,
                 "label_smoothing": c.label_smoothing, "is_encoder_decoder": True}
 
-    def generation_config(self) -> GenerationConfig:
-        return self.config.generation.generation_config(self.tokenizer)
 
     # -- decoding and prediction -------------------------------------------------------------------------------------
     def decode(self, model, input_ids, attention_mask, **settings) -> list[str]:
@@ -275,6 +275,12 @@ def source_tokenizer(tok: PreTrainedTokenizerFast, max_source_len: int) -> PreTr
     return tok
 
 
+def cut_to(ids: list[list[int]], limit: int) -> tuple[list[list[int]], int]:
+    """Token id lists longer than `limit` cut to it, keeping their final special token (EOS), as a tokenizer's
+    truncation=True does; also how many were cut."""
+    return [x if len(x) <= limit else x[: limit - 1] + x[-1:] for x in ids], sum(len(x) > limit for x in ids)
+
+
 def pad_right(seqs: list[list[int]], value: int, multiple: int = 8) -> torch.Tensor:
     """(N, L) tensor, L the longest length rounded up to `multiple` (tensor-core friendly shapes)."""
     width = -(-max(len(s) for s in seqs) // multiple) * multiple
@@ -291,8 +297,10 @@ class Seq2SeqTask(Task):
         super().__init__(cfg)
         self.text = Seq2SeqText(self.config, cfg)
 
+    fine_tunes = True  # prepare() takes the checkpoint's tokenizer under model.pretrained (Marian, BART)
+
     def prepare(self, run_dir: Path, is_main: bool) -> None:
-        self.text.prepare(run_dir, is_main)
+        self.text.prepare(run_dir, is_main, self.checkpoint)
 
     def dataloader(self, split: str, train: bool) -> DataLoader | None:
         return self.text.dataloader(split, train)
@@ -303,7 +311,7 @@ class Seq2SeqTask(Task):
     def build_model(self) -> SuiteForConditionalGeneration:
         """The head with this task's decoding settings (saved beside it as generation_config.json)."""
         model = super().build_model()
-        model.generation_config = self.text.generation_config()
+        model.generation_config = self.config.generation.generation_config(model.config)
         return model
 
     def eval_step(self, model, batch) -> list:

@@ -47,14 +47,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "wordpiec
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
 
 
-def checkpoint_tokenizer(folder, max_len: int) -> PreTrainedTokenizerFast:
-    """A published checkpoint's own tokenizer (its embedding was trained on that vocabulary), cut at `max_len`."""
+def checkpoint_tokenizer(folder, max_len: int, fast: bool = True) -> PreTrainedTokenizerFast:
+    """A published checkpoint's own tokenizer (its embedding was trained on that vocabulary), cut at `max_len`;
+    `fast`: only a Rust one will do (the tagging task reads word ids from it)."""
     try:
         tok = AutoTokenizer.from_pretrained(folder)
+    except ImportError as e:  # Marian's SentencePiece tokenizer without the sentencepiece package
+        raise UserError(f"the checkpoint's tokenizer in {folder} needs a package that is missing "
+                        f"({str(e).splitlines()[0]}); pip install it") from None
     except (OSError, ValueError) as e:
         raise UserError(f"the checkpoint in {folder} has no readable tokenizer ({str(e).splitlines()[0]}); give a "
                         "folder with tokenizer.json (or vocab.txt)") from None
-    if not tok.is_fast:
+    if fast and not tok.is_fast:
         raise UserError(f"the checkpoint's tokenizer in {folder} has no fast (Rust) version; the suite needs one")
     tok.model_max_length = max_len
     return tok

@@ -123,3 +123,89 @@ def killed_and_resumed(args: list[str], tmp_path: Path, kill_after_step: int) ->
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     return tuple(json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", killed))
+
+
+# -- small published-architecture checkpoints with their tokenizers (model.pretrained= without the Hub) -------------
+
+
+def jittered(model: torch.nn.Module) -> torch.nn.Module:
+    """Every floating parameter and buffer plus N(0, 0.1^2): no bias stays zero, no LayerNorm the identity."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _, p in [*model.named_parameters(), *model.named_buffers()]:
+            if p.is_floating_point():
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def bert_checkpoint(folder: Path, texts: list[str]) -> Path:
+    """A 2-layer BERT with an uncased WordPiece vocabulary of `texts`' words: as all-MiniLM-L6-v2's folder is laid
+    out (config.json, model.safetensors, vocab.txt, tokenizer files)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in texts for w in t.lower().replace(".", " .").replace(",", " ,").split()})
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tok = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=0)
+    jittered(BertModel(config)).save_pretrained(folder)
+    return folder
+
+
+def bart_checkpoint(folder: Path, texts: list[str]) -> Path:
+    """A 1+1-layer BART with a byte-level BPE vocabulary of `texts` (<s>=0, <pad>=1, </s>=2 as BART's)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import BartConfig, BartForConditionalGeneration, BartTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    tok = BartTokenizerFast(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
+    tok.save_pretrained(folder)
+    config = BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=128)
+    jittered(BartForConditionalGeneration(config)).save_pretrained(folder)
+    return folder
+
+
+def marian_checkpoint(folder: Path, texts: list[str]) -> Path:
+    """A 1+1-layer Marian with one SentencePiece vocabulary of `texts` for both sides (</s>=0, <unk>=1, <pad> last,
+    as Helsinki-NLP/opus-mt-*); its tokenizer is SentencePiece's (no Rust version), as the published ones."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=60,
+                                   hard_vocab_limit=False, character_coverage=1.0, bos_id=-1, eos_id=-1, pad_id=-1,
+                                   unk_id=0, minloglevel=2)
+    for name in ("source.spm", "target.spm"):
+        (folder / name).write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = {"</s>": 0, "<unk>": 1}
+    for i in range(sp.get_piece_size()):
+        vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    vocab["<pad>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    tok = MarianTokenizer(str(folder / "source.spm"), str(folder / "target.spm"), str(folder / "vocab.json"))
+    tok.save_pretrained(folder)
+    config = MarianConfig(vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1,
+                          encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                          decoder_ffn_dim=64, max_position_embeddings=128, pad_token_id=vocab["<pad>"],
+                          eos_token_id=0, decoder_start_token_id=vocab["<pad>"], scale_embedding=True,
+                          activation_function="swish")
+    torch.manual_seed(0)
+    model = MarianMTModel(config)
+    with torch.no_grad():  # its fixed sinusoids stay as they are (not saved; the core computes them)
+        for name, p in model.named_parameters():
+            if "embed_positions" not in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.eval().save_pretrained(folder)
+    return folder

@@ -9,7 +9,7 @@ from transformers import DataCollatorWithPadding
 
 from core.task import UserError, load_task, save_weights
 from core.text import TokenDropout, train_tokenizer
-from tests.conftest import write_sst2
+from tests.conftest import bert_checkpoint, run_suite, write_sst2
 from tests.test_train import compose_cfg
 
 
@@ -114,3 +114,35 @@ def test_a_teacher_that_is_not_a_saved_sentiment_run_is_named(data_root, tmp_pat
                                  f"task.teachers=[{tmp_path / 'teacher'}]"))
     with pytest.raises(UserError, match="has another vocabulary"):
         task.prepare(tmp_path, is_main=True)
+
+
+def test_a_bert_checkpoint_fine_tunes_through_run_py(data_root, tmp_path):
+    """run.py task=sentiment model.pretrained=<a BERT folder>: the checkpoint's WordPiece tokenizer replaces the
+    fitted one, the encoder starts as BertModel computes it, the run is named by what it started from, and its
+    folder classifies through transformers' pipeline as mode=predict does."""
+    from transformers import AutoTokenizer, BertModel, pipeline
+
+    texts = [json.loads(line)["text"] for line in (data_root / "sst2" / "train.jsonl").read_text().splitlines()]
+    folder = bert_checkpoint(tmp_path / "bert-tiny", texts)
+    task = load_task(compose_cfg("task=sentiment", f"data.root={data_root}", f"model.pretrained={folder}"))
+    task.prepare(tmp_path / "prepared", is_main=True)
+    model = task.build_model().eval()
+    enc = AutoTokenizer.from_pretrained(folder)(texts[:4], padding=True, return_tensors="pt")
+    assert task.tokenizer(texts[:4], padding=True, return_tensors="pt")["input_ids"].equal(enc["input_ids"])
+    with torch.no_grad():
+        ours = model.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        theirs = BertModel.from_pretrained(folder, add_pooling_layer=False).eval()(**enc).last_hidden_state
+    real = enc["attention_mask"].bool()
+    assert (ours[real] - theirs[real]).abs().max() <= 1e-5
+    run_dir = tmp_path / "run"
+    out = run_suite("task=sentiment", f"model.pretrained={folder}", f"data.root={data_root}", "trainer.max_steps=10",
+                    "trainer.max_minutes=0", "trainer.eval_every=5", f"run_dir={run_dir}", cwd=tmp_path,
+                    env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["model"] == "bert-tiny+pretrained"
+    assert AutoTokenizer.from_pretrained(run_dir).get_vocab() == AutoTokenizer.from_pretrained(folder).get_vocab()
+    pred = run_suite("mode=predict", f"run_dir={run_dir}", f"text={texts[0]}", cwd=tmp_path)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    top = pipeline("text-classification", model=str(run_dir))(texts[0])[0]
+    label, score = pred.stdout.strip().split("\t")[:2]
+    assert (top["label"], round(top["score"], 3)) == (label, float(score))

@@ -14,12 +14,19 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from rouge_score import rouge_scorer
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, BartForConditionalGeneration, MarianMTModel
 
 import core  # noqa: F401  (registers the suite's models with the Auto classes)
 from core.seq2seq import token_lists
 from core.task import UserError, load_run, save_weights
-from tests.conftest import ROOT, killed_and_resumed, run_suite, run_without_suite
+from tests.conftest import (
+    ROOT,
+    bart_checkpoint,
+    killed_and_resumed,
+    marian_checkpoint,
+    run_suite,
+    run_without_suite,
+)
 
 EN_DE = {"a": "ein", "man": "mann", "woman": "frau", "dog": "hund", "cat": "katze", "big": "großer",
          "small": "kleiner", "runs": "rennt", "sleeps": "schläft", "sees": "sieht", "the": "den", "ball": "ball"}
@@ -345,3 +352,87 @@ def test_a_killed_translation_run_resumes_to_the_same_weights(tmp_path):
         tmp_path, kill_after_step=24)
     assert again["param_checksums"] == whole["param_checksums"] and again["metrics"] == whole["metrics"]
     assert again["steps"] == whole["steps"] == 36
+
+
+# -- model.pretrained: a Marian or BART checkpoint fine-tuned through the task ---------------------------------------
+
+CHECKPOINTS = {"marian": (marian_checkpoint, MarianMTModel), "bart": (bart_checkpoint, BartForConditionalGeneration)}
+
+
+@pytest.mark.parametrize("family", sorted(CHECKPOINTS))
+def test_a_checkpoint_reads_its_own_tokens_and_computes_as_transformers(tmp_path, family):
+    """Under model.pretrained the task encodes with the checkpoint's tokenizer and special tokens (Marian: text EOS,
+    decoding from PAD; BART: BOS text EOS, decoding from EOS); the model it builds gives transformers' logits on the
+    task's own batch (teacher forcing) and decodes the same greedy tokens as transformers' generate()."""
+    make, their_class = CHECKPOINTS[family]
+    root = write_multi30k(tmp_path / "data")
+    folder = make(tmp_path / family, [text for pair in TRAIN_PAIRS for text in pair])
+    task = compose_task("translation", f"data.root={root}", f"model.pretrained={folder}")
+    task.prepare(tmp_path / "run", is_main=True)
+    theirs = their_class.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    test = task.text.data["test"]
+    assert test["input_ids"] == tokenizer([s for s, _ in TRAIN_PAIRS])["input_ids"]
+    assert test["labels"] == tokenizer(text_target=[t for _, t in TRAIN_PAIRS])["input_ids"]
+    model = task.build_model().eval()
+    assert model.generation_config.decoder_start_token_id == theirs.config.decoder_start_token_id
+    batch = task.text.collate([test[i] for i in range(len(test))])
+    enc = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"].long()}
+    with torch.no_grad():
+        ours, ref = model(**enc, labels=batch["labels"]).logits, theirs(**enc, labels=batch["labels"]).logits
+        assert (ours - ref).abs().max() <= 1e-5
+        pad = theirs.config.pad_token_id
+        greedy = dict(num_beams=1, max_new_tokens=6, min_new_tokens=1)
+        expected = theirs.generate(**enc, **greedy, do_sample=False, suppress_tokens=[pad], no_repeat_ngram_size=0,
+                                   forced_bos_token_id=None, forced_eos_token_id=None)
+        assert token_lists(model.generate(**enc, **greedy), theirs.config.eos_token_id, pad) == \
+            token_lists(expected, theirs.config.eos_token_id, pad)
+
+
+def test_translation_fine_tunes_a_marian_checkpoint_through_run_py(tmp_path):
+    """run.py task=translation model.pretrained=<a Marian folder>: it trains (the loss falls), names the run by what
+    it started from, and its run folder is a transformers model whose generate() translates as mode=predict."""
+    root = write_multi30k(tmp_path / "data")
+    folder = marian_checkpoint(tmp_path / "opus-mt-tiny", [text for pair in TRAIN_PAIRS for text in pair])
+    run_dir = tmp_path / "run"
+    out = run_suite("task=translation", f"model.pretrained={folder}", f"data.root={root}", "trainer.batch_size=8",
+                    "trainer.lr=3e-3", "trainer.max_steps=24", "trainer.warmup_steps=4", "trainer.max_minutes=0",
+                    "trainer.eval_every=12", "task.generation.num_beams=2", f"run_dir={run_dir}", cwd=tmp_path,
+                    env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["model"] == "opus-mt-tiny+pretrained" and "bleu" in metrics["metrics"]
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    enc = tokenizer([s for s, _ in TRAIN_PAIRS], text_target=[t for _, t in TRAIN_PAIRS], padding=True,
+                    return_tensors="pt")
+    labels = enc.pop("labels")
+    labels[labels == tokenizer.pad_token_id] = -100
+
+    def loss(model) -> float:  # teacher-forced cross-entropy on the training pairs
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(**enc, labels=labels).logits.transpose(1, 2), labels).item()
+
+    trained, start = AutoModelForSeq2SeqLM.from_pretrained(run_dir), MarianMTModel.from_pretrained(folder)
+    assert loss(trained.eval()) < 0.8 * loss(start.eval())  # it learned from the checkpoint's start
+    assert (run_dir / "source.spm").is_file()  # the checkpoint's tokenizer travels with the run
+    sources = [s for s, _ in TRAIN_PAIRS[:3]]
+    (tmp_path / "in.txt").write_text("\n".join(sources) + "\n")
+    pred = run_suite("mode=predict", f"run_dir={run_dir}", f"input={tmp_path / 'in.txt'}", cwd=tmp_path)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    outputs = trained.generate(**tokenizer(sources, padding=True, return_tensors="pt"))  # generation_config.json's
+    assert tokenizer.batch_decode(outputs, skip_special_tokens=True) == pred.stdout.split("\n")[:3]
+
+
+def test_summarization_fine_tunes_a_bart_checkpoint_through_run_py(tmp_path):
+    root = write_samsum(tmp_path / "data")
+    rows = [json.loads(line) for line in (root / "samsum" / "train.jsonl").read_text().splitlines()]
+    folder = bart_checkpoint(tmp_path / "bart-tiny", [r["document"] for r in rows] + [r["summary"] for r in rows])
+    run_dir = tmp_path / "run"
+    out = run_suite("task=summarization", f"model.pretrained={folder}", f"data.root={root}", "trainer.batch_size=8",
+                    "trainer.max_steps=10", "trainer.max_minutes=0", "trainer.eval_every=5",
+                    "task.generation.max_new_tokens=12", "task.generation.num_beams=2", f"run_dir={run_dir}",
+                    cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["model"] == "bart-tiny+pretrained"
+    saved = json.loads((run_dir / "generation_config.json").read_text())
+    assert (saved["decoder_start_token_id"], saved["eos_token_id"], saved["num_beams"]) == (2, 2, 2)  # BART's
