@@ -2,8 +2,9 @@
 dataset, the validation hold-out, batches with attention masks, the files of mode=predict and the attention picture.
 
 The model side is `core.stems.AudioStem` under the shared heads (`SuiteForCTC`, `SuiteForAudioClassification`); the
-features are `core.audio_features.SuiteFeatureExtractor`, saved in every run folder so that predict, the Auto classes
-and the pipelines feed the model exactly what training did.
+features are `core.audio_features.SuiteFeatureExtractor` (or, under `model.pretrained=<Whisper>`, Whisper's own log-mel
+front-end, `SuiteWhisperFeatureExtractor`), saved in every run folder so that predict, the Auto classes and the
+pipelines feed the model exactly what training did.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from transformers import Wav2Vec2CTCTokenizer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from core.attention_plots import attention_strip, last_layer, panels_with_strip, save
-from core.audio_features import SuiteFeatureExtractor
+from core.audio_features import Frames, SuiteFeatureExtractor, SuiteWhisperFeatureExtractor
 from core.data import load_folder_or_hub, local_folder
 from core.stems import AudioStem
 from core.task import UserError, load_saved, read_lines
@@ -115,8 +116,41 @@ def feature_extractor(fc: FeatureConfig, audio_stem: str = "conv2d", edge_pause:
                                  min_frames=AudioStem.receptive_field if audio_stem == "conv2d" else 1)
 
 
-def load_feature_extractor(run_dir: Path) -> SuiteFeatureExtractor:
-    return load_saved(SuiteFeatureExtractor, run_dir, "feature extractor (preprocessor_config.json)")
+WHISPER_SETTINGS = ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft", "dither")  # of its JSON
+
+
+def checkpoint_feature_extractor(ckpt, edge_pause: float = 0.0) -> SuiteWhisperFeatureExtractor:
+    """The log-mel front-end of a Whisper checkpoint (a core.checkpoints.Checkpoint): transformers' Whisper feature
+    extractor with the settings of its preprocessor_config.json, or Whisper's defaults for its mel bins (with a
+    warning) when it has none. Mel bins other than its encoder's, or a window (chunk_length) longer than its position
+    table covers, are refused in one line."""
+    settings = {k: ckpt.preprocessor[k] for k in WHISPER_SETTINGS if k in ckpt.preprocessor}
+    n_mels = ckpt.fields["n_mels"]
+    if not ckpt.preprocessor:
+        log.warning("%s has no preprocessor_config.json: Whisper's default log-mel settings (16 kHz, n_fft 400, hop "
+                    "160) with its %d mel bins are used", ckpt.folder, n_mels)
+    if settings.setdefault("feature_size", n_mels) != n_mels:
+        raise ckpt.refuse(f"its preprocessor_config.json computes feature_size={settings['feature_size']} mel bins, "
+                          f"its encoder reads num_mel_bins={n_mels}")
+    extractor = SuiteWhisperFeatureExtractor(**settings, edge_pause=edge_pause)
+    if (extractor.nb_max_frames + 1) // 2 > ckpt.fields["max_len"]:  # the conv1d stem halves the frames
+        raise ckpt.refuse(f"its feature extractor reads up to {extractor.chunk_length} s ({extractor.nb_max_frames} "
+                          f"frames), more than twice its encoder's max_source_positions={ckpt.fields['max_len']}; "
+                          f"set a shorter chunk_length in its preprocessor_config.json")
+    return extractor
+
+
+EXTRACTORS = {cls.__name__: cls for cls in (SuiteFeatureExtractor, SuiteWhisperFeatureExtractor)}
+
+
+def load_feature_extractor(run_dir: Path) -> Frames:
+    """The feature extractor a run folder carries: the suite's own, or Whisper's for a run from a checkpoint."""
+    try:
+        kind = json.loads((run_dir / "preprocessor_config.json").read_text()).get("feature_extractor_type")
+    except (OSError, ValueError, AttributeError):
+        kind = None  # load_saved names what is missing or unreadable
+    return load_saved(EXTRACTORS.get(kind, SuiteFeatureExtractor), run_dir,
+                      "feature extractor (preprocessor_config.json)")
 
 
 def ctc_tokenizer(texts: list[str], folder: Path) -> Wav2Vec2CTCTokenizer:
@@ -269,7 +303,7 @@ def hold_out(clips: dict[str, list], size: int, max_fraction: float, seed: int =
 # -- predict and the attention picture -----------------------------------------------------------------------------
 
 
-def batched_logits(model, extractor: SuiteFeatureExtractor, waves: list[torch.Tensor], size: int = 16):
+def batched_logits(model, extractor: Frames, waves: list[torch.Tensor], size: int = 16):
     """(logits, attention_mask) of `waves` fed through the feature extractor as transformers' pipelines feed them,
     `size` at a time."""
     for start in range(0, len(waves), size):
@@ -289,7 +323,7 @@ def example(data: DictConfig, inputs: list | None, rate: int, field: str) -> tup
 
 
 @torch.no_grad()
-def attention_picture(model, extractor: SuiteFeatureExtractor, wave: torch.Tensor, describe, path: Path) -> Path:
+def attention_picture(model, extractor: Frames, wave: torch.Tensor, describe, path: Path) -> Path:
     """The log-mel spectrogram and, under it on the same time axis, the attention each encoder frame receives (last
     layer, mean over queries and heads), titled `describe(logits)` (the model's prediction)."""
     feats, hop_seconds = extractor.features(wave), extractor.hop_length / extractor.sampling_rate  # (T, n_mels)

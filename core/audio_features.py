@@ -1,9 +1,10 @@
-"""The speech models' input as a transformers feature extractor: waveform -> normalised log-mel frames.
+"""The speech models' input as transformers feature extractors: waveform -> log-mel frames (B, T, n_mels).
 
-torchaudio's MelSpectrogram (Hann window, centred frames, power spectrum, HTK mel scale), the log with a floor, then
-global CMVN: each mel bin minus the training set's mean, over its standard deviation. No standard transformers
-feature extractor computes this, so the suite writes its own. Its settings and the training statistics are saved in
-the run folder's preprocessor_config.json, and `save_pretrained` copies this file beside them (auto_map), so
+`SuiteFeatureExtractor`, the suite's own: torchaudio's MelSpectrogram (Hann window, centred frames, power spectrum,
+HTK mel scale), the log with a floor, then global CMVN: each mel bin minus the training set's mean, over its standard
+deviation. `SuiteWhisperFeatureExtractor`, under `model.pretrained=<Whisper>`: transformers' WhisperFeatureExtractor
+with the checkpoint's settings, its frames laid out and padded as the suite's models read them. Either is saved in the
+run folder's preprocessor_config.json, and `save_pretrained` copies this file beside it (auto_map), so
 `AutoFeatureExtractor.from_pretrained(run_dir, trust_remote_code=True)` and the audio pipelines compute the very input
 the model was trained on where the suite is not installed. Like the model files, it imports only numpy, torch,
 torchaudio and transformers.
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
-from transformers import BatchFeature, SequenceFeatureExtractor
+from transformers import BatchFeature, SequenceFeatureExtractor, WhisperFeatureExtractor
 
 
 @lru_cache(maxsize=8)
@@ -25,8 +26,41 @@ def mel_transform(rate: int, n_fft: int, win: int, hop: int, n_mels: int) -> tor
     return torchaudio.transforms.MelSpectrogram(rate, n_fft=n_fft, win_length=win, hop_length=hop, n_mels=n_mels)
 
 
-class SuiteFeatureExtractor(SequenceFeatureExtractor):
+class Frames:
+    """What both extractors share: one waveform or a batch of them -> `input_features` (B, T, n_mels), each input's
+    `features` padded to the longest with `padding_value`, and `attention_mask` (B, T) over the frames."""
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """(N,) samples at `sampling_rate` -> (T, n_mels) frames: what the model reads."""
+        raise NotImplementedError
+
+    def __call__(self, raw_speech, sampling_rate: int | None = None, return_tensors=None,
+                 return_attention_mask: bool | None = None, **kwargs) -> BatchFeature:
+        """One waveform (1-D array, tensor or list of floats) or a list of them; resampled from `sampling_rate` if
+        that differs from the model's. Other keywords (a pipeline's `padding`, `truncation`) are ignored: the frames
+        are always padded to the longest input."""
+        if isinstance(raw_speech, (np.ndarray, torch.Tensor)):
+            waves = list(raw_speech) if raw_speech.ndim == 2 else [raw_speech]  # (B, N) is a batch
+        else:  # a list of waveforms, or one as a list of floats
+            waves = list(raw_speech) if raw_speech and hasattr(raw_speech[0], "__len__") else [raw_speech]
+        waves = [torch.tensor(np.asarray(w, dtype=np.float32)) for w in waves]  # a copy: the input may be read-only
+        if sampling_rate is not None and sampling_rate != self.sampling_rate:
+            waves = [torchaudio.functional.resample(w, sampling_rate, self.sampling_rate) for w in waves]
+        feats = [self.features(w) for w in waves]
+        longest = max(len(f) for f in feats)
+        batch = np.full((len(feats), longest, self.feature_size), self.padding_value, dtype=np.float32)
+        mask = np.zeros((len(feats), longest), dtype=np.int32)
+        for i, f in enumerate(feats):
+            batch[i, : len(f)], mask[i, : len(f)] = f.numpy(), 1
+        data = {"input_features": batch}
+        if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
+            data["attention_mask"] = mask
+        return BatchFeature(data, tensor_type=return_tensors)
+
+
+class SuiteFeatureExtractor(Frames, SequenceFeatureExtractor):
     """Mono waveforms at `sampling_rate` -> `input_features` (B, T, n_mels) and `attention_mask` (B, T) over frames.
+    Padded with 0, the normalised mean.
 
     `edge_pause` seconds of silence go before and after every input (the training clips were trimmed to the speech),
     and an input shorter than `min_frames` frames is padded with silence to that length (the stem's receptive field).
@@ -70,24 +104,35 @@ class SuiteFeatureExtractor(SequenceFeatureExtractor):
         frames = torch.cat([self.log_mel(w) for w in waves])
         self.mean, self.std = frames.mean(0).tolist(), frames.std(0).clamp_min(1e-3).tolist()
 
-    def __call__(self, raw_speech, sampling_rate: int | None = None, return_tensors=None,
-                 return_attention_mask: bool | None = None, **kwargs) -> BatchFeature:
-        """One waveform (1-D array, tensor or list of floats) or a list of them; resampled from `sampling_rate` if
-        that differs from the model's. Padded to the longest, with 0 (the normalised mean) and a 0 mask."""
-        if isinstance(raw_speech, (np.ndarray, torch.Tensor)):
-            waves = list(raw_speech) if raw_speech.ndim == 2 else [raw_speech]  # (B, N) is a batch
-        else:  # a list of waveforms, or one as a list of floats
-            waves = list(raw_speech) if raw_speech and hasattr(raw_speech[0], "__len__") else [raw_speech]
-        waves = [torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in waves]
-        if sampling_rate is not None and sampling_rate != self.sampling_rate:
-            waves = [torchaudio.functional.resample(w, sampling_rate, self.sampling_rate) for w in waves]
-        feats = [self.features(w) for w in waves]
-        longest = max(len(f) for f in feats)
-        batch = np.full((len(feats), longest, self.feature_size), self.padding_value, dtype=np.float32)
-        mask = np.zeros((len(feats), longest), dtype=np.int32)
-        for i, f in enumerate(feats):
-            batch[i, : len(f)], mask[i, : len(f)] = f.numpy(), 1
-        data = {"input_features": batch}
-        if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
-            data["attention_mask"] = mask
-        return BatchFeature(data, tensor_type=return_tensors)
+
+class SuiteWhisperFeatureExtractor(Frames, WhisperFeatureExtractor):
+    """Whisper's log-mel frames for the suite's fine-tune of its encoder: transformers' WhisperFeatureExtractor with
+    a checkpoint's settings (mel bins, rate, n_fft, hop; log10, floored 8 below the input's peak, (x + 4) / 4).
+
+    Whisper reads every input padded with silence to `chunk_length` (30) seconds, and its encoder attends to all of
+    it. Here each input gets exactly the frames Whisper computes for it in that window, cut to the input's own
+    ceil(N / hop) frames (those its attention mask marks), and a batch is padded to its longest input with
+    `padding_value`: the suite's encoder masks the padding and takes the first T rows of the position table, so an
+    FSDD digit (half a second, 0.2 s of edge pause) costs ~70 frames instead of 3,000 on a CPU. Inputs longer than
+    `chunk_length` seconds are cut, as Whisper cuts them. `edge_pause` seconds of silence go before and after every
+    input, as in SuiteFeatureExtractor.
+    """
+
+    model_input_names = ["input_features", "attention_mask"]
+    _auto_class = "AutoFeatureExtractor"
+
+    def __init__(self, edge_pause: float = 0.0, return_attention_mask: bool = True, **kwargs):
+        super().__init__(return_attention_mask=return_attention_mask, **kwargs)
+        self.edge_pause = edge_pause
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """(N,) samples at `sampling_rate` -> (T, n_mels): Whisper's frames of the input in its padded window."""
+        edge = round(self.edge_pause * self.sampling_rate)
+        wave = F.pad(wave.float(), (edge, edge))[: self.n_samples]
+        frames = max(1, -(-len(wave) // self.hop_length))
+        # silence after the input, as in the 30-s window: enough that each of its frames' windows (n_fft wide,
+        # centred) ends in silence rather than in the reflection that pads the end of the STFT
+        window = len(wave) + self.n_fft // 2 + self.hop_length
+        out = WhisperFeatureExtractor.__call__(self, wave.numpy(), sampling_rate=self.sampling_rate,
+                                               padding="max_length", max_length=window, return_tensors="pt")
+        return out["input_features"][0, :, :frames].T  # (n_mels, frames) -> (T, n_mels)

@@ -459,10 +459,14 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
     except CheckpointError as e:
         raise ckpt.refuse(str(e)) from None
     if model_type == "vit":  # the inputs' normalisation, from its image processor (ViT's default: 0.5, 0.5)
-        normalize = preprocessor.get("do_normalize", True)
-        C = ckpt.fields["num_channels"]
-        ckpt.fields["pixel_mean"] = list(preprocessor.get("image_mean", [0.5] * C)) if normalize else [0.0] * C
-        ckpt.fields["pixel_std"] = list(preprocessor.get("image_std", [0.5] * C)) if normalize else [1.0] * C
+        C, normalize = ckpt.fields["num_channels"], preprocessor.get("do_normalize", True)
+        for key, name, off in (("pixel_mean", "image_mean", 0.0), ("pixel_std", "image_std", 1.0)):
+            value = preprocessor.get(name, 0.5) if normalize else off
+            value = [value] * C if isinstance(value, (int, float)) else value  # one number for every channel
+            if not isinstance(value, list) or len(value) != C or not all(isinstance(v, (int, float)) for v in value):
+                raise ckpt.refuse(f"its preprocessor_config.json has {name}={value!r}; give {C} numbers (one per "
+                                  f"channel) or one")
+            ckpt.fields[key] = [float(v) for v in value]
     return ckpt
 
 

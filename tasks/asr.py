@@ -5,6 +5,10 @@ single spoken digits. Besides single words, the task joins 2-7 recordings of one
 connected digit strings (as TIDIGITS): fresh ones every epoch for training, a fixed seeded set for validation and
 test. Any audiofolder or Hub dataset with audio and transcript columns works by config. The model is the shared CTC
 head (`core.heads.SuiteForCTC`); the run folder holds its feature extractor and CTC tokenizer (`core.audio`).
+
+`model.pretrained=<Whisper checkpoint>` fine-tunes Whisper's encoder under the CTC head: its conv1d stem, and its
+log-mel front-end with the settings of its preprocessor_config.json (transformers' WhisperFeatureExtractor) instead
+of `task.features`. Inputs are padded to the longest of a batch, not to Whisper's 30 s (`core.audio_features`).
 """
 
 from __future__ import annotations
@@ -51,15 +55,16 @@ class Config:
     val_size: int = 300  # training recordings held out for validation when the data has no validation split ...
     val_max_fraction: float = 0.2  # ... at most this fraction of them
     edge_pause: float = 0.1  # seconds of silence before and after every utterance (FSDD is trimmed to the speech)
-    audio_stem: str = "conv2d"  # conv2d (4x fewer frames) | conv1d (Whisper's, 2x)
+    audio_stem: str | None = None  # conv2d (4x fewer frames) | conv1d (Whisper's, 2x); None: conv2d, or Whisper's
+    #                                 conv1d under model.pretrained (where conv2d is refused)
     stem_channels: int = 32  # channels of the conv2d stem's two stride-2 convolutions
-    features: FeatureConfig = field(default_factory=FeatureConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)  # unused under model.pretrained: the checkpoint's
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     connected: Connected = field(default_factory=Connected)
 
     def __post_init__(self) -> None:
         audio.check_hold_out(self.val_size, self.val_max_fraction)
-        if self.audio_stem not in ("conv2d", "conv1d"):
+        if self.audio_stem not in (None, "conv2d", "conv1d"):
             raise ValueError(f"task.audio_stem={self.audio_stem!r}: choose conv2d or conv1d")
         c = self.connected
         if not 1 <= c.min_words <= c.max_words or not 0 <= c.min_pause <= c.max_pause or self.edge_pause < 0:
@@ -151,18 +156,43 @@ class Task(base.Task):
     head = SuiteForCTC
     Config = Config
     input_keys = ("audio", "input")
+    fine_tunes = True  # prepare() takes a Whisper checkpoint's log-mel front-end under model.pretrained
+
+    @property
+    def audio_stem(self) -> str:
+        """task.audio_stem, or what it means unset: conv2d from scratch, Whisper's conv1d under model.pretrained."""
+        return self.config.audio_stem or ("conv1d" if self.model_cfg.pretrained else "conv2d")
+
+    def checkpoint_extractor(self) -> audio.SuiteWhisperFeatureExtractor:
+        """The checkpoint's log-mel front-end (model.pretrained), checked before any data is read: a checkpoint of
+        another family, or a stem its encoder does not read through, is refused in one line."""
+        ckpt = self.checkpoint
+        ckpt.fit(self.head, {"stem": "audio"})  # a text or image checkpoint is refused here
+        if self.audio_stem != "conv1d":
+            raise ckpt.refuse(f"task.audio_stem={self.audio_stem}: its encoder reads through Whisper's conv1d stem; "
+                              f"leave task.audio_stem unset (null)")
+        extractor = audio.checkpoint_feature_extractor(ckpt, self.config.edge_pause)
+        log.info("model.pretrained: %d log-mel bins at %d Hz (n_fft %d, hop %d, Whisper's scaling, at most %d s) as "
+                 "its feature extractor computes them; task.features is not used", extractor.feature_size,
+                 extractor.sampling_rate, extractor.n_fft, extractor.hop_length, extractor.chunk_length)
+        return extractor
 
     def prepare(self, run_dir: Path, is_main: bool) -> None:
         tc, c = self.config, self.config.connected
-        self.clips = audio.read_clips(self.cfg.data, tc.features.sample_rate, ("text",), ("speaker",))
+        pretrained = self.checkpoint_extractor() if self.checkpoint is not None else None
+        rate = pretrained.sampling_rate if pretrained is not None else tc.features.sample_rate
+        self.clips = audio.read_clips(self.cfg.data, rate, ("text",), ("speaker",))
         for clip in (clip for split in self.clips.values() for clip in split):
             clip.fields["text"] = self.normalise(clip.fields["text"])
         self.clips = audio.hold_out(self.clips, tc.val_size, tc.val_max_fraction)
         train = self.clips["train"]
         if is_main:
             self.tokenizer = audio.ctc_tokenizer([clip.fields["text"] for clip in train], run_dir)
-            self.extractor = audio.feature_extractor(tc.features, tc.audio_stem, tc.edge_pause)
-            self.extractor.fit([clip.wave for clip in train])  # global CMVN on the training recordings
+            if pretrained is not None:  # Whisper's log-mel scaling, fitted on its own training data
+                self.extractor = pretrained
+            else:
+                self.extractor = audio.feature_extractor(tc.features, self.audio_stem, tc.edge_pause)
+                self.extractor.fit([clip.wave for clip in train])  # global CMVN on the training recordings
             self.tokenizer.save_pretrained(run_dir)
             self.extractor.save_pretrained(run_dir)
         else:  # the main process has fitted and saved them
@@ -198,9 +228,8 @@ class Task(base.Task):
                           collate_fn=partial(collate, kinds=not train), num_workers=t.num_workers, drop_last=train)
 
     def model_fields(self) -> dict:
-        tc = self.config
-        return {"stem": "audio", "audio_stem": tc.audio_stem, "n_mels": tc.features.n_mels,
-                "stem_channels": tc.stem_channels, "vocab_size": len(self.tokenizer),
+        return {"stem": "audio", "audio_stem": self.audio_stem, "n_mels": self.extractor.feature_size,
+                "stem_channels": self.config.stem_channels, "vocab_size": len(self.tokenizer),
                 "pad_token_id": self.tokenizer.pad_token_id}
 
     def transcripts(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[str]:

@@ -12,14 +12,19 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from scipy.io import wavfile
+from transformers import ViTConfig, ViTModel, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
+import core  # noqa: F401  (registers the suite's models with the Auto classes)
 from core.audio import FeatureConfig, feature_extractor, hold_out, read_audio
+from core.audio_features import SuiteWhisperFeatureExtractor
+from core.checkpoints import CheckpointError
 from core.heads import SuiteForCTC
 from core.modeling import SuiteConfig
 from core.stems import AudioStem
 from core.task import UserError, load_run
 from tasks.asr import Task, join
 from tests.conftest import ROOT, run_suite, run_without_suite
+from tests.test_checkpoints import jitter
 
 WORDS = ["one", "two", "six", "ten", "nine"]
 LETTERS = "einostwx"
@@ -282,3 +287,133 @@ print(json.dumps({{"tokenizer": text, "pipeline": asr({{"raw": wave, "sampling_r
     assert out.returncode == 0, out.stderr[-3000:]
     printed = json.loads(out.stdout.strip().splitlines()[-1])
     assert printed == {"tokenizer": "six", "pipeline": "six"}, out.stdout  # what mode=predict prints for this clip
+
+
+# -- model.pretrained: Whisper's encoder under the CTC head, with Whisper's own log-mel front-end ---------------------
+
+
+def tiny_whisper_checkpoint(folder: Path, positions: int = 200, processor: bool = True, **extractor) -> Path:
+    """A jittered random Whisper (16 mel bins, 32 wide, `positions` encoder positions) saved as a Hub checkpoint,
+    with its feature extractor unless `processor` is False: a 4-s window (400 frames, twice the positions, as
+    Whisper's 30 s are 2 x 1500) unless `extractor` says otherwise."""
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=50, d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+                           decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16,
+                           max_source_positions=positions, max_target_positions=10, pad_token_id=1, bos_token_id=0,
+                           eos_token_id=2, decoder_start_token_id=0)
+    jitter(WhisperModel(config)).save_pretrained(folder)
+    if processor:
+        WhisperFeatureExtractor(**{"feature_size": 16, "chunk_length": 4, **extractor}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def whisper_checkpoint(tmp_path_factory) -> Path:
+    return tiny_whisper_checkpoint(tmp_path_factory.mktemp("checkpoints") / "tiny_whisper")
+
+
+PRETRAINED = ["data.dir=digits", "task.val_size=6", "task.connected.max_words=3", "task.connected.train=8",
+              "task.connected.validation=2", "task.connected.test=2"]  # strings of <= 3 words: within the 4-s window
+
+
+def test_a_whisper_checkpoint_brings_its_front_end_and_matches_transformers(audio_root, whisper_checkpoint, tmp_path):
+    """Through the task (prepare, build_model): the recordings are read at the checkpoint's 16 kHz, and each
+    utterance's features are exactly the frames Whisper's own WhisperFeatureExtractor computes for it in its padded
+    window (the utterance with the task's 0.1 s of silence each side), cut to the utterance's frames. The encoder is
+    compared where transformers' WhisperEncoder is defined: on that full window (2 x max_source_positions frames,
+    unmasked). On an utterance's own frames, what the task trains on, the suite's encoder reads the first T rows of
+    the same position table with the batch padding masked; WhisperEncoder refuses such input, so that is not
+    compared."""
+    task = asr_task(f"data.root={audio_root}", *PRETRAINED, f"model.pretrained={whisper_checkpoint}")
+    task.prepare(tmp_path, is_main=True)
+    model = task.build_model().eval()
+    c = model.config
+    assert (c.audio_stem, c.n_mels, c.max_len, c.vocab_size) == ("conv1d", 16, 200, len(task.tokenizer))
+    assert isinstance(task.extractor, SuiteWhisperFeatureExtractor) and task.extractor.sampling_rate == 16000
+    processor = WhisperFeatureExtractor.from_pretrained(whisper_checkpoint)
+    for i in (0, 1):  # single recordings come first in the fixed sets
+        wave = torch.nn.functional.pad(task.clips["test"][i].wave, (1600, 1600))  # task.edge_pause=0.1 at 16 kHz
+        window = processor(wave.numpy(), sampling_rate=16000, return_tensors="pt")["input_features"]  # (1, 16, 400)
+        ours = task.sets["test"][i]["input_features"]  # (T, 16)
+        assert len(ours) == -(-len(wave) // 160) and window.shape == (1, 16, 400)
+        assert (ours - window[0, :, : len(ours)].T).abs().max().item() <= 1e-6
+    noise = torch.randn(12345) * 0.1  # no whole number of hops, and loud to its last sample (no edge pause)
+    alone = SuiteWhisperFeatureExtractor.from_pretrained(whisper_checkpoint).features(noise)
+    whole = processor(noise.numpy(), sampling_rate=16000, return_tensors="pt")["input_features"][0]
+    assert len(alone) == 78 and (alone - whole[:, :78].T).abs().max().item() <= 1e-6
+    theirs = WhisperModel.from_pretrained(whisper_checkpoint).encoder.eval()
+    with torch.no_grad():
+        d = (model.model(input_features=window.transpose(1, 2)).last_hidden_state -
+             theirs(window).last_hidden_state).abs().max().item()
+    print(f"asr task encoder vs WhisperEncoder on the 4-s window: max |diff| = {d:.2e}")
+    assert d <= 1e-5
+
+
+def test_a_checkpoint_without_a_feature_extractor_takes_whispers_defaults(tmp_path, caplog):
+    folder = tiny_whisper_checkpoint(tmp_path / "bare", positions=1500, processor=False)
+    extractor = asr_task(f"model.pretrained={folder}").checkpoint_extractor()
+    assert "no preprocessor_config.json" in caplog.text
+    assert (extractor.feature_size, extractor.sampling_rate, extractor.hop_length, extractor.n_fft,
+            extractor.chunk_length) == (16, 16000, 160, 400, 30)
+
+
+@pytest.mark.parametrize("case, says", [
+    ("vit", "this task's model reads audio; give Whisper"),
+    ("conv2d", "task.audio_stem=conv2d: its encoder reads through Whisper's conv1d stem"),
+    ("mel_bins", "computes feature_size=20 mel bins, its encoder reads num_mel_bins=16"),
+    ("window", "reads up to 30 s (3000 frames), more than twice its encoder's max_source_positions=200"),
+])
+def test_what_a_whisper_checkpoint_cannot_take_is_refused_before_the_data_is_read(tmp_path, case, says):
+    folder, overrides = tmp_path / "checkpoint", []
+    if case == "vit":
+        ViTModel(ViTConfig(image_size=8, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64)).save_pretrained(folder)
+    else:
+        extractor = {"mel_bins": {"feature_size": 20}, "window": {"chunk_length": 30}}.get(case, {})
+        tiny_whisper_checkpoint(folder, **extractor)
+        overrides = ["task.audio_stem=conv2d"] if case == "conv2d" else []
+    task = asr_task(f"data.root={tmp_path / 'no_data_here'}", f"model.pretrained={folder}", *overrides)
+    with pytest.raises(CheckpointError) as e:
+        task.prepare(tmp_path, is_main=True)
+    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.fixture(scope="module")
+def whisper_run(audio_root, whisper_checkpoint, tmp_path_factory) -> tuple[Path, Path]:
+    """`python run.py task=asr model.pretrained=<the tiny Whisper>` for a few steps: (its run folder, the working
+    folder)."""
+    cwd = tmp_path_factory.mktemp("asr_pretrained_run")
+    args = ["task=asr", f"model.pretrained={whisper_checkpoint}", f"data.root={audio_root}", *PRETRAINED,
+            "trainer.batch_size=8", "trainer.max_minutes=0", "trainer.max_steps=4", "trainer.warmup_steps=1"]
+    out = run_suite(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = (cwd / "outputs" / "runs").glob("*")
+    return run_dir, cwd
+
+
+def test_a_fine_tuned_whisper_encoder_is_a_transformers_ctc_model(whisper_run, audio_root, whisper_checkpoint):
+    """The run folder: the leaderboard names the checkpoint, AutoModelForCTC loads it, and the ASR pipeline computes
+    the features training computed (the saved Whisper front-end) and transcribes as mode=predict does."""
+    from transformers import AutoModelForCTC, pipeline
+
+    run_dir, cwd = whisper_run
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["model"] == "tiny-whisper+pretrained" and saved["steps"] == 4, saved
+    auto = AutoModelForCTC.from_pretrained(run_dir).eval()
+    assert isinstance(auto, SuiteForCTC) and auto.config.audio_stem == "conv1d" and auto.config.n_mels == 16
+    start = WhisperModel.from_pretrained(whisper_checkpoint).encoder.conv1.weight
+    assert not torch.equal(auto.model.stem.conv1.weight, start)  # fine-tuned, not merely copied
+    task, model = load_run(run_dir)
+    assert isinstance(task.extractor, SuiteWhisperFeatureExtractor)
+    clip = write_wav(cwd / "six.wav", tone_word("six", 8000, seed=5), 8000)  # the data's rate, not the model's
+    wave = read_audio(str(clip), 16000)
+    trained = asr_task(f"data.root={audio_root}", *PRETRAINED, f"model.pretrained={whisper_checkpoint}")
+    asr = pipeline("automatic-speech-recognition", model=str(run_dir), trust_remote_code=True)
+    enc = asr.feature_extractor(wave.numpy(), sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
+    assert torch.equal(enc["input_features"][0], trained.checkpoint_extractor().features(wave))  # training's
+    with torch.no_grad():
+        logits = auto(**enc).logits
+        assert torch.equal(logits, model(**enc).logits)
+    hyp = task.transcripts(logits, auto.output_lengths(enc["attention_mask"]))[0]
+    # 4 steps from a random Whisper do not say "six" but some string of characters: the same one everywhere
+    assert hyp and task.predict(model, [(str(clip), None)]) == [hyp] and asr(str(clip))["text"] == hyp

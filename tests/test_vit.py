@@ -12,15 +12,26 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from PIL import Image
-from transformers import AutoModelForImageClassification, pipeline
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    BertConfig,
+    BertModel,
+    ViTConfig,
+    ViTImageProcessor,
+    ViTModel,
+    pipeline,
+)
 
 import core  # noqa: F401  (registers the suite's models with the Auto classes)
+from core.checkpoints import CheckpointError
 from core.heads import SuiteForImageClassification
 from core.image import attention_rollout, hold_out, image_processor, random_crop_flip
 from core.stems import ConvPatches
 from core.task import UserError, load_run, save_weights
 from tasks.vit import Task
 from tests.conftest import ROOT, run_suite, run_without_suite
+from tests.test_checkpoints import jitter
 
 TINY = ["model=tiny", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.n_layers=2", "model.dropout=0"]
 
@@ -394,3 +405,130 @@ json.dump(pipe({[str(f) for f in files]!r}, top_k=3), open("pipeline.json", "w")
     assert [[r["label"] for r in x] for x in there] == [[r["label"] for r in x] for x in here]
     for x, y in zip(there, here):
         assert [r["score"] for r in x] == pytest.approx([r["score"] for r in y], abs=1e-6)
+
+
+# -- model.pretrained: a ViT checkpoint fine-tuned with its own preprocessing -----------------------------------------
+
+MEAN, STD = [0.3, 0.45, 0.6], [0.2, 0.25, 0.3]  # not ViT's default 0.5: the task must read them from the processor
+
+
+def tiny_vit_checkpoint(folder: Path, processor: bool = True) -> Path:
+    """A jittered random ViT (32x32 RGB, 8-pixel patches, 32 wide) saved as a Hub checkpoint, with its image
+    processor (non-default statistics) unless `processor` is False."""
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=64)
+    jitter(ViTModel(config, add_pooling_layer=False)).save_pretrained(folder)
+    if processor:
+        ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vit_checkpoint(tmp_path_factory) -> Path:
+    return tiny_vit_checkpoint(tmp_path_factory.mktemp("checkpoints") / "tiny_vit")
+
+
+def test_a_vit_checkpoint_brings_its_preprocessing_and_matches_transformers(fashion_root, vit_checkpoint, tmp_path):
+    """Through the task (prepare, build_model, its test loader) the 28x28 greyscale images become the checkpoint's
+    32x32 RGB input, normalised with its processor's statistics and pooled at the class token: the encoder states
+    equal ViTModel's on what the checkpoint's own ViTImageProcessor makes of the same images (as RGB files, as the
+    image pipeline hands them over)."""
+    task = vit_task(f"data.root={fashion_root}", "task.val_size=100", f"model.pretrained={vit_checkpoint}")
+    task.prepare(tmp_path, is_main=True)
+    model = task.build_model().eval()
+    c = model.config
+    assert (task.size, task.channels, c.image_size, c.num_channels, c.patch_size) == ((32, 32), 3, [32, 32], 3, 8)
+    assert (c.image_stem, c.patch_position, c.cls_token, c.pooling) == ("patch", "learned", True, "cls")
+    assert c.pixel_mean == pytest.approx(MEAN) and c.pixel_std == pytest.approx(STD)
+    batch = next(iter(task.dataloader("test", train=False)))
+    x = np.load(fashion_root / "fashion_mnist" / "fashion_mnist.npz")["x_test"][: len(batch["labels"])]
+    inputs = AutoImageProcessor.from_pretrained(vit_checkpoint)([Image.fromarray(a).convert("RGB") for a in x],
+                                                                return_tensors="pt")
+    theirs = ViTModel.from_pretrained(vit_checkpoint, add_pooling_layer=False).eval()
+    torch.nn.init.normal_(model.classifier.linear.weight)  # the zero-initialised head would hide the pooling
+    with torch.no_grad():
+        ours = model.model(pixel_values=batch["pixel_values"]).last_hidden_state
+        want = theirs(**inputs).last_hidden_state
+        logits = model(pixel_values=batch["pixel_values"]).logits
+    d = (ours - want).abs().max().item()
+    print(f"vit task vs ViTModel + ViTImageProcessor: max |diff| = {d:.2e}")
+    assert ours.shape == (len(x), 1 + 16, 32) and d <= 1e-5
+    torch.testing.assert_close(logits, model.classifier.linear(ours[:, 0]))  # ViTForImageClassification's pooling
+
+
+def test_the_checkpoint_resamples_its_positions_to_a_chosen_image_size(fashion_root, vit_checkpoint, tmp_path):
+    task = vit_task(f"data.root={fashion_root}", "task.val_size=100", f"model.pretrained={vit_checkpoint}",
+                    "task.image_size=48", "task.pooling=mean")  # mean pooling is the head's choice: allowed
+    task.prepare(tmp_path, is_main=True)
+    model = task.build_model()
+    assert task.data["test"][0].shape[1:] == (3, 48, 48) and model.config.image_size == [48, 48]
+    assert model.model.stem.pos.shape == (1, 1 + 36, 32) and model.config.pooling == "mean"
+
+
+@pytest.mark.parametrize("override, says", [
+    ("task.image_size=36", "36x36 images do not divide into its 8-pixel patches"),
+    ("task.patch_size=4", "task.patch_size=4 contradicts it"),
+    ("task.stem=conv", "task.stem=conv contradicts it"),
+    ("task.position=sincos2d", "task.position=sincos2d contradicts it"),
+    ("task.channels=1", "task.channels=1 contradicts it"),
+])
+def test_what_a_vit_checkpoint_cannot_take_is_refused_before_the_data_is_read(vit_checkpoint, tmp_path, override,
+                                                                              says):
+    task = vit_task(f"data.root={tmp_path / 'no_data_here'}", f"model.pretrained={vit_checkpoint}", override)
+    with pytest.raises(CheckpointError) as e:
+        task.prepare(tmp_path, is_main=True)
+    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_checkpoint_without_a_processor_takes_vits_default_normalisation(tmp_path, caplog):
+    folder = tiny_vit_checkpoint(tmp_path / "bare", processor=False)
+    task = vit_task(f"model.pretrained={folder}")
+    assert task.stem_config["image_size"] == [32, 32] and task.stem_config["patch_size"] == 8
+    assert "no preprocessor_config.json" in caplog.text and "mean 0.5, std 0.5" in caplog.text
+    assert task.checkpoint.fields["pixel_mean"] == [0.5] * 3 == task.checkpoint.fields["pixel_std"]
+
+
+def test_another_family_is_refused_in_one_line_through_run_py(tmp_path):
+    BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    out = run_suite("task=vit", f"model.pretrained={tmp_path / 'bert'}", f"data.root={tmp_path / 'no_data_here'}",
+                    cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "BERT-family" in errors[0] and "reads image" in errors[0] and "ViT" in errors[0]
+    assert not (tmp_path / "outputs" / "runs").exists() or not any((tmp_path / "outputs" / "runs").iterdir())
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(fashion_root, vit_checkpoint, tmp_path_factory) -> Path:
+    """`python run.py task=vit model.pretrained=<the tiny checkpoint>` for a few steps: its run folder."""
+    cwd = tmp_path_factory.mktemp("vit_pretrained_run")
+    args = ["task=vit", f"model.pretrained={vit_checkpoint}", f"data.root={fashion_root}", "task.val_size=64",
+            "trainer.batch_size=32", "trainer.max_minutes=0", "trainer.max_steps=4", "trainer.warmup_steps=1"]
+    out = run_suite(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = (cwd / "outputs" / "runs").glob("*")
+    return run_dir
+
+
+def test_a_fine_tuned_vit_checkpoint_is_a_transformers_image_classifier(pretrained_run, vit_checkpoint, tmp_path):
+    saved = json.loads((pretrained_run / "metrics.json").read_text())
+    assert saved["model"] == "tiny-vit+pretrained" and saved["steps"] == 4, saved
+    model = AutoModelForImageClassification.from_pretrained(pretrained_run).eval()
+    assert type(model) is SuiteForImageClassification and model.config.pixel_mean == pytest.approx(MEAN)
+    start = ViTModel.from_pretrained(vit_checkpoint, add_pooling_layer=False).embeddings.patch_embeddings.projection
+    assert not torch.equal(model.model.stem.patch.weight, start.weight)  # fine-tuned, not merely copied
+    files = probe_images(tmp_path / "probe")
+    pipe = pipeline("image-classification", model=str(pretrained_run))
+    results = pipe([str(f) for f in files], top_k=3)
+    task, loaded = load_run(pretrained_run)  # what mode=predict computes
+    with torch.no_grad():
+        pixels, probs = task.probabilities(loaded, files)
+        logits = model(pixel_values=pixels).logits
+    assert pixels.shape == (len(files), 3, 32, 32)
+    torch.testing.assert_close(logits.softmax(-1), probs, rtol=0, atol=1e-6)
+    for p, result in zip(probs, results):
+        top = p.topk(3)
+        assert [task.labels[i] for i in top.indices] == [r["label"] for r in result]
+        torch.testing.assert_close(top.values, torch.tensor([r["score"] for r in result]), rtol=0, atol=1e-6)
