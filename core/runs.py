@@ -170,7 +170,8 @@ def train(cfg: DictConfig, overrides: list[str], model_choice: str, sweep_dir: P
     state = PartialState(cpu=cpu)  # joins the process group under torchrun / accelerate launch
     if not state.is_main_process:  # only rank 0 speaks; the others' warnings and errors still show
         logging.getLogger().setLevel(logging.WARNING)
-    chosen = Path(cfg.run_dir) if cfg.run_dir else sweep_dir or new_run_dir(cfg.task.name, model_choice)
+    named = variant.split("+")[0]  # the model config's name, or the checkpoint's under model.pretrained=
+    chosen = Path(cfg.run_dir) if cfg.run_dir else sweep_dir or new_run_dir(cfg.task.name, named)
     run_dir = Path(broadcast_object_list([str(chosen.resolve())])[0])  # rank 0's choice on every rank
     check_run_dir(run_dir, cfg, t.resume)
     fresh = not run_dir.exists() or not any(run_dir.iterdir())
