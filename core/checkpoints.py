@@ -401,7 +401,7 @@ class Checkpoint:
         """`head` on SuiteConfig(the task's fields + the checkpoint's), the checkpoint's weights loaded: what a task's
         `build_model` returns for `model.pretrained`."""
         model = head(SuiteConfig(**self.fit(head, fields or {})))
-        self.load_into(model)
+        model.fresh_parameters = set(self.load_into(model))  # the task's head: trainer.head_lr_scale applies to it
         return model
 
 

@@ -46,6 +46,8 @@ class TrainerConfig:
     max_minutes: float = 0.0  # time budget for training (validation, the final one too, included), on `clock`; 0 = none
     clock: str = "wall"  # what max_minutes counts: wall time, or this process's CPU time ("process": fair on a
     #                      shared machine, where other jobs take cores; with N threads a minute costs N CPU-minutes)
+    head_lr_scale: float = 1.0  # under model.pretrained: what the checkpoint does not hold (the task's classifier,
+    #                              CRF, char-CNN) learns at lr times this, the checkpoint's weights at lr
     warmup_steps: int = 200  # linear warm-up from 0 to lr
     warmup_max_fraction: float = 0.25  # ...ended by this fraction of the run at the latest (steps or budget), so a
     #                                     short budget (the suite's max_minutes=4) does not spend itself warming up
@@ -83,6 +85,8 @@ class TrainerConfig:
             raise bad("epochs", "with trainer.max_steps=0 the run would train no step; give epochs >= 1 or max_steps")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise bad("lr", "give a positive finite learning rate")
+        if not self.head_lr_scale > 0 or not math.isfinite(self.head_lr_scale):
+            raise bad("head_lr_scale", "give a positive finite multiple of trainer.lr (1 = the same)")
         for name in ("weight_decay", "clip_grad", "max_minutes", "save_every_minutes", "sam_rho"):
             if not getattr(self, name) >= 0 or not math.isfinite(getattr(self, name)):  # NaN fails both
                 raise bad(name, "give a finite number >= 0 (0 = off)" if name != "sam_rho" else "give a radius >= 0 "
@@ -167,11 +171,17 @@ class NonFiniteLoss(UserError):
     pass
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: biases, norms and other vectors keep their scale (as in nanoGPT / BERT)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+def param_groups(model: torch.nn.Module, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict]:
+    """Decay matrices only: biases, norms and other vectors keep their scale (as in nanoGPT / BERT). Parameters a
+    published checkpoint did not give (`model.fresh_parameters`: the task's head) take `lr_scale` = head_lr_scale,
+    the learning rate's multiple for their group."""
+    fresh = getattr(model, "fresh_parameters", set())
+    groups = []
+    for scale, chosen in ((1.0, lambda n: n not in fresh), (head_lr_scale, lambda n: n in fresh)):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and chosen(n)]
+        groups += [{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": scale},
+                   {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    return [g for g in groups if g["params"]]
 
 
 @torch.no_grad()
@@ -275,7 +285,8 @@ def setup(task: Task, t: TrainerConfig, accelerator: Accelerator, run_dir: Path)
     if isinstance(getattr(getattr(model, "config", None), "suite", None), dict):
         model.config.suite["params"] = params  # config.json says what the weights are without the code
     fused = accelerator.device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), fused=fused)
+    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay, t.head_lr_scale), lr=t.lr,
+                                  betas=tuple(t.betas), fused=fused)
     train_loader = task.dataloader("train", train=True)
     val_loader = task.dataloader("validation", train=False)
     if train_loader is None or len(train_loader) == 0:
@@ -351,7 +362,7 @@ def train_step(run: Run, batch: dict) -> float:
                                     f"lower trainer.lr or try trainer.mixed_precision=no")
             run.lr = learning_rate(t, state.step, run.progress())
             for group in optimizer.param_groups:
-                group["lr"] = run.lr
+                group["lr"] = run.lr * group.get("lr_scale", 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if run.ema is not None and accelerator.sync_gradients:

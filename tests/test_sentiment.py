@@ -9,6 +9,7 @@ from transformers import DataCollatorWithPadding
 
 from core.task import UserError, load_task, save_weights
 from core.text import TokenDropout, train_tokenizer
+from core.train import param_groups
 from tests.conftest import bert_checkpoint, run_suite, write_sst2
 from tests.test_train import compose_cfg
 
@@ -134,10 +135,14 @@ def test_a_bert_checkpoint_fine_tunes_through_run_py(data_root, tmp_path):
         theirs = BertModel.from_pretrained(folder, add_pooling_layer=False).eval()(**enc).last_hidden_state
     real = enc["attention_mask"].bool()
     assert (ours[real] - theirs[real]).abs().max() <= 1e-5
+    groups = param_groups(model, 0.01, head_lr_scale=10.0)  # the fresh classifier learns at 10 x lr
+    head = {id(p) for n, p in model.named_parameters() if n.startswith("classifier.")}
+    assert head and all((id(p) in head) == (g["lr_scale"] == 10.0) for g in groups for p in g["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     run_dir = tmp_path / "run"
     out = run_suite("task=sentiment", f"model.pretrained={folder}", f"data.root={data_root}", "trainer.max_steps=10",
-                    "trainer.max_minutes=0", "trainer.eval_every=5", f"run_dir={run_dir}", cwd=tmp_path,
-                    env={"OMP_NUM_THREADS": "1"})
+                    "trainer.max_minutes=0", "trainer.eval_every=5", "trainer.head_lr_scale=10", f"run_dir={run_dir}",
+                    cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((run_dir / "metrics.json").read_text())["model"] == "bert-tiny+pretrained"
     assert AutoTokenizer.from_pretrained(run_dir).get_vocab() == AutoTokenizer.from_pretrained(folder).get_vocab()
