@@ -12,6 +12,7 @@ each run's test metric, minutes and parameters, the targets (SST-2 >= 0.88, CoNL
 
 import argparse
 import json
+import sys
 import time
 
 from quality import ROOT, cpu_flags, run, saved_run
@@ -23,7 +24,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", nargs="+", default=["sentiment", "ner"], choices=sorted(TARGETS))
     ap.add_argument("--scratch", action="store_true", help="also train each task from scratch, for the table")
-    args, overrides = ap.parse_known_args()
+    overrides = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]  # Hydra's, in any place
+    args = ap.parse_args([a for a in sys.argv[1:] if a not in overrides])
     print(cpu_flags())
     db = ROOT / "bench" / "results" / f"pretrained_{time.strftime('%Y%m%d-%H%M%S')}" / "leaderboard.db"
     for task in args.tasks:
