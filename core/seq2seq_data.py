@@ -134,11 +134,13 @@ class Seq2SeqText:
     def prepare(self, run_dir: Path, is_main: bool, checkpoint=None) -> None:
         """Fit one BPE vocabulary on the training sources and targets, or take a checkpoint's own tokenizer under
         model.pretrained (the main process saves it, the others read it back), then encode every split."""
-        ds = self.load()
         c = self.config
+        if checkpoint is not None and max(c.max_source_len, c.max_target_len) > checkpoint.fields["max_len"]:
+            raise UserError(f"task.max_source_len={c.max_source_len} and task.max_target_len={c.max_target_len}: the "
+                            f"checkpoint has {checkpoint.fields['max_len']} positions; give at most that many")
+        ds = self.load()
         if is_main and checkpoint is not None:  # its embedding was trained on that vocabulary
-            max_len = min(c.max_source_len, checkpoint.fields["max_len"])
-            self.tokenizer = checkpoint_tokenizer(checkpoint.folder, max_len, fast=False)  # Marian's: SentencePiece
+            self.tokenizer = checkpoint_tokenizer(checkpoint.folder, c.max_source_len, fast=False)  # Marian's: SPM
             self.tokenizer.save_pretrained(run_dir)
         elif is_main:
             texts = chain(ds["train"]["source"], (ref for cell in ds["train"]["target"] for ref in references(cell)))

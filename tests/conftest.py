@@ -168,7 +168,7 @@ def bart_checkpoint(folder: Path, texts: list[str]) -> Path:
     tok.save_pretrained(folder)
     config = BartConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1,
                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                        max_position_embeddings=128)
+                        max_position_embeddings=512)
     jittered(BartForConditionalGeneration(config)).save_pretrained(folder)
     return folder
 

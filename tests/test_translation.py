@@ -367,6 +367,12 @@ def test_a_checkpoint_reads_its_own_tokens_and_computes_as_transformers(tmp_path
     make, their_class = CHECKPOINTS[family]
     root = write_multi30k(tmp_path / "data")
     folder = make(tmp_path / family, [text for pair in TRAIN_PAIRS for text in pair])
+    positions = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+    too_long = compose_task("translation", f"data.root={root}", f"model.pretrained={folder}",
+                            f"task.max_source_len={positions + 1}")
+    with pytest.raises(UserError, match=f"the checkpoint has {positions} positions"):  # before anything is written
+        too_long.prepare(tmp_path / "refused", is_main=True)
+    assert not (tmp_path / "refused").exists()
     task = compose_task("translation", f"data.root={root}", f"model.pretrained={folder}")
     task.prepare(tmp_path / "run", is_main=True)
     theirs = their_class.from_pretrained(folder).eval()
